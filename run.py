@@ -1,0 +1,23 @@
+"""Entry point: ``python run.py [overrides]`` or ``python run.py -m <sweep>``; see README.md."""
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+import s3.config  # noqa: F401  (registers the config resolvers)
+from s3.loop import UserError, run_experiment
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Returns the final gold-validation accuracy, so Hydra sweepers can optimize it."""
+    try:
+        return run_experiment(cfg)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Tasks and real data: local jsonl/csv/parquet files first, the Hugging Face Hub as a fallback.
+
+A row is a plain dict: the task's input fields (``text`` or ``text1``/``text2``), an integer
+``label`` and a string ``id``. Every loader validates what it reads and fails with one line that
+names the file and the line, because a silently skipped row makes runs incomparable.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from s3.config import UserError
+
+SPLITS = ("train", "validation", "test")
+FORMATS = ("jsonl", "csv", "parquet")
+TEST_CAP_SEED = 0
+
+
+class DataError(UserError):
+    """Bad or missing data; the message is meant to be shown to the user as is."""
+
+
+@dataclass
+class HubSource:
+    """Where users with internet get the same task: ``datasets.load_dataset(path, name)``."""
+
+    path: str
+    name: str | None = None
+    splits: dict[str, str] = field(default_factory=dict)  # our split -> hub split (may slice)
+    columns: dict[str, str] = field(default_factory=dict)  # our field -> hub column
+
+
+@dataclass
+class Task:
+    """What a task is: its input fields, label names and how it is described to the LLM."""
+
+    name: str
+    description: str
+    example_kind: str  # "movie review", "premise/hypothesis pair": used inside prompts
+    labels: list[str]
+    fields: list[str] = field(default_factory=lambda: ["text"])
+    field_labels: dict[str, str] = field(default_factory=dict)  # field -> prose name in prompts
+    label_column: str = "label"
+    text_columns: dict[str, str] = field(default_factory=dict)  # our field -> column in local files
+    label_descriptions: dict[str, str] = field(default_factory=dict)
+    hub: HubSource | None = None
+
+    def __post_init__(self) -> None:
+        self.fields = list(self.fields)
+        self.labels = list(self.labels)
+        if self.fields not in (["text"], ["text1", "text2"]):
+            raise DataError(f"task {self.name}: fields must be [text] or [text1, text2], got {self.fields}")
+        if len(self.labels) < 2:
+            raise DataError(f"task {self.name}: needs at least two labels, got {self.labels}")
+        self.field_labels = {f: self.field_labels.get(f, f) for f in self.fields}
+        if isinstance(self.hub, Mapping):
+            self.hub = HubSource(**self.hub)
+
+    @property
+    def is_pair(self) -> bool:
+        return len(self.fields) == 2
+
+    def text_of(self, row: Mapping[str, Any]) -> str:
+        """One string per example (pairs joined), for embeddings, dedup and leak checks."""
+        return " [SEP] ".join(str(row[f]) for f in self.fields)
+
+
+def _column_map(task: Task) -> dict[str, str]:
+    return {f: task.text_columns.get(f, f) for f in task.fields}
+
+
+def _parse_label(value: Any, task: Task, where: str) -> int:
+    """Accept an index (int or digit string) or a label name; anything else is an error."""
+    if isinstance(value, bool):
+        raise DataError(f"{where}: label {value!r} is not one of {task.labels}")
+    if isinstance(value, (int, float)) and float(value).is_integer() and 0 <= int(value) < len(task.labels):
+        return int(value)
+    if isinstance(value, str):
+        v = value.strip()
+        if v.isdigit() and int(v) < len(task.labels):
+            return int(v)
+        lowered = [name.lower() for name in task.labels]
+        if v.lower() in lowered:
+            return lowered.index(v.lower())
+    raise DataError(f"{where}: label {value!r} is not one of {task.labels} (or their indices)")
+
+
+def _make_row(record: Mapping[str, Any], task: Task, where: str, default_id: str) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for f, column in _column_map(task).items():
+        if column not in record:
+            raise DataError(f"{where}: missing column {column!r} (have {sorted(record)})")
+        value = record[column]
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where}: column {column!r} must be a non-empty string, got {value!r}")
+        row[f] = value.strip()
+    if task.label_column not in record:
+        raise DataError(f"{where}: missing label column {task.label_column!r} (have {sorted(record)})")
+    row["label"] = _parse_label(record[task.label_column], task, where)
+    row["id"] = str(record.get("id", default_id))
+    return row
+
+
+def _read_jsonl(path: Path, task: Task, split: str) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{where}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            rows.append(_make_row(record, task, where, f"{split}-{lineno - 1}"))
+    return rows
+
+
+def _read_csv(path: Path, task: Task, split: str) -> list[dict[str, Any]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        # line numbers count the header as line 1, as an editor shows them
+        return [
+            _make_row(record, task, f"{path}:{reader.line_num}", f"{split}-{i}")
+            for i, record in enumerate(reader)
+        ]
+
+
+def _read_parquet(path: Path, task: Task, split: str) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    records = pq.read_table(path).to_pylist()
+    return [_make_row(r, task, f"{path}:row {i}", f"{split}-{i}") for i, r in enumerate(records)]
+
+
+_READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
+
+
+def local_split_path(task: Task, split: str, data_dir: str | Path) -> Path | None:
+    folder = Path(data_dir) / task.name
+    for fmt in FORMATS:
+        path = folder / f"{split}.{fmt}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_from_hub(task: Task, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    hub = task.hub
+    assert hub is not None
+    ds = datasets.load_dataset(hub.path, hub.name, split=hub.splits.get(split, split))
+    text_columns = {f: hub.columns.get(f, f) for f in task.fields}
+    label_column = hub.columns.get("label", "label")
+    hub_task = Task(**{**task.__dict__, "text_columns": text_columns, "label_column": label_column, "hub": None})
+    return [_make_row(r, hub_task, f"hub {hub.path}:{split}:{i}", f"hub-{split}-{i}") for i, r in enumerate(ds)]
+
+
+def load_split(task: Task, split: str, data_dir: str | Path) -> list[dict[str, Any]]:
+    """Rows of one split: the local file when present, else the Hub; one clear error otherwise."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
+    path = local_split_path(task, split, data_dir)
+    if path is not None:
+        rows = _READERS[path.suffix.lstrip(".")](path, task, split)
+    else:
+        looked = Path(data_dir) / task.name / f"{split}.{{{','.join(FORMATS)}}}"
+        if task.hub is None:
+            raise DataError(f"no {split} data for task {task.name!r}: looked for {looked}; "
+                            "set S3_DATA_DIR (or paths.data_dir=...) to the folder holding <task>/<split>.jsonl")
+        try:
+            rows = _load_from_hub(task, split)
+        except Exception as err:  # offline, unknown dataset, ...: say where we looked, once
+            raise DataError(f"no {split} data for task {task.name!r}: looked for {looked} and the Hub "
+                            f"dataset {task.hub.path!r} failed ({type(err).__name__}: {str(err)[:200]}); "
+                            "set S3_DATA_DIR (or paths.data_dir=...) to a local copy") from None
+    if not rows:
+        raise DataError(f"task {task.name!r}: the {split} split is empty ({path or 'hub'})")
+    return rows
+
+
+def stratified_sample(rows: Sequence[dict[str, Any]], n: int | None, seed: int) -> list[dict[str, Any]]:
+    """``n`` rows with label proportions as in ``rows`` (largest remainder), reproducible from ``seed``.
+
+    ``n=None`` or ``n >= len(rows)`` returns every row, shuffled with the same seed.
+    """
+    rng = random.Random(seed)
+    if n is None or n >= len(rows):
+        out = list(rows)
+        rng.shuffle(out)
+        return out
+    by_label: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_label[row["label"]].append(row)
+    labels = sorted(by_label)
+    exact = {lab: n * len(by_label[lab]) / len(rows) for lab in labels}
+    quota = {lab: int(exact[lab]) for lab in labels}
+    for lab in sorted(labels, key=lambda lab: exact[lab] - quota[lab], reverse=True)[: n - sum(quota.values())]:
+        quota[lab] += 1
+    picked = []
+    for lab in labels:
+        pool = list(by_label[lab])
+        rng.shuffle(pool)
+        picked.extend(pool[: quota[lab]])
+    rng.shuffle(picked)
+    return picked
+
+
+def label_counts(rows: Sequence[Mapping[str, Any]], task: Task) -> dict[str, int]:
+    counts = {name: 0 for name in task.labels}
+    for row in rows:
+        counts[task.labels[row["label"]]] += 1
+    return counts
+
+
+@dataclass
+class RealData:
+    """The real data one run sees: the small gold validation set S3 learns from, and the test set."""
+
+    gold_val: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    train: list[dict[str, Any]] | None = None  # only loaded for the gold baseline / GoldGen
+
+
+def load_real_data(task: Task, data_dir: str | Path, num_gold_val: int | None, max_test: int | None,
+                   seed: int, need_train: bool = False) -> RealData:
+    """Gold validation = a label-stratified, seeded sample of the validation split; test capped by ``max_test``."""
+    gold_val = stratified_sample(load_split(task, "validation", data_dir), num_gold_val, seed)
+    test = load_split(task, "test", data_dir)
+    if max_test is not None and max_test < len(test):
+        # fixed seed, not the run seed: every method and seed is scored on the same test rows
+        test = stratified_sample(test, max_test, TEST_CAP_SEED)
+    train = load_split(task, "train", data_dir) if need_train else None
+    return RealData(gold_val=gold_val, test=test, train=train)

@@ -1,0 +1,148 @@
+"""What a run leaves behind: atomic files in the Hydra run dir, and the same figures in W&B.
+
+The run dir is the source of truth (``metrics.jsonl``, ``summary.json``, ``errors.jsonl``); W&B is a
+mirror for dashboards and sweeps. Secrets never reach either: configs are redacted before logging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+SECRET_MARKERS = ("key", "token", "secret", "password")
+REDACTED = "***"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with Path(path).open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def is_secret_key(key: str) -> bool:
+    k = key.lower()
+    # `api_key_env` names an environment variable; it is not the secret itself
+    return any(m in k for m in SECRET_MARKERS) and not k.endswith("_env")
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a plain (resolved) config with the value of every secret-looking key replaced."""
+    if isinstance(obj, Mapping):
+        return {k: (REDACTED if is_secret_key(str(k)) and v is not None else redact(v)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """Command-line overrides with secret values hidden (W&B records the program's arguments)."""
+    out = []
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        out.append(f"{key}={REDACTED}" if sep and is_secret_key(key.rsplit(".", 1)[-1].lstrip("+~")) else arg)
+    return out
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config, resolved and redacted: what is saved to ``config.yaml`` and sent to W&B."""
+    return redact(OmegaConf.to_container(cfg, resolve=True))
+
+
+class RunRecorder:
+    """Appends one JSON object per round to ``metrics.jsonl`` and mirrors it to W&B (when enabled).
+
+    ``metrics.jsonl`` is rewritten whole (atomically) on each append, so a crash never leaves a torn line;
+    it stays small (one line per round).
+    """
+
+    def __init__(self, run_dir: str | Path, wandb_run: Any = None):
+        self.run_dir = Path(run_dir)
+        self.wandb_run = wandb_run
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.rows: list[dict[str, Any]] = read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
+
+    def log_round(self, row: Mapping[str, Any]) -> None:
+        row = dict(row)
+        self.rows = [r for r in self.rows if r.get("round") != row.get("round")] + [row]
+        atomic_write_jsonl(self.metrics_path, self.rows)
+        if self.wandb_run is not None:
+            self.wandb_run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        atomic_write_json(self.run_dir / "summary.json", summary)
+        if self.wandb_run is not None:
+            for k, v in _flatten(summary).items():
+                self.wandb_run.summary[k] = v
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def start_wandb(logger_cfg: DictConfig, config: dict[str, Any], run_dir: Path, name: str, group: str) -> Any:
+    """One W&B run per Hydra job, offline unless the user chose a mode; files inside the run dir."""
+    import wandb
+
+    if logger_cfg.get("mode"):
+        os.environ["WANDB_MODE"] = logger_cfg.mode
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    os.environ["WANDB_DIR"] = str(run_dir)  # offline runs land in <run_dir>/wandb/
+    argv, sys.argv = sys.argv, [sys.argv[0], *redact_argv(sys.argv[1:])]
+    try:
+        run = wandb.init(
+            project=logger_cfg.project, entity=logger_cfg.get("entity"), group=logger_cfg.get("group") or group,
+            name=name, job_type=config.get("loop", {}).get("name"), tags=list(logger_cfg.get("tags") or []),
+            config=config, dir=str(run_dir), reinit="finish_previous")
+    finally:
+        sys.argv = argv
+    run.define_metric("round")
+    run.define_metric("*", step_metric="round")
+    return run

@@ -1,0 +1,111 @@
+"""Loading real tasks, the custom CSV task, stratified sampling and the promised errors on bad files."""
+
+import json
+
+import pytest
+from hydra.utils import instantiate
+
+from conftest import TEST_DATA, compose_config
+from s3.data import DataError, load_real_data, load_split, stratified_sample
+
+COUNTS = {  # from ../shared/data/README.md
+    "sst2": {"train": 67349, "validation": 872, "test": 1821},
+    "imdb": {"train": 2000, "validation": 1000, "test": 25000},
+    "rte": {"train": 2190, "validation": 300, "test": 277},
+    "qnli": {"train": 8833, "validation": 1000, "test": 5463},
+}
+
+
+def task(name="sst2", **overrides):
+    cfg = compose_config([f"task={name}"])
+    t = instantiate(cfg.task)
+    for k, v in overrides.items():
+        setattr(t, k, v)
+    return t
+
+
+@pytest.mark.parametrize("name", sorted(COUNTS))
+def test_real_task_counts(name, data_dir):
+    t = task(name)
+    for split, n in COUNTS[name].items():
+        rows = load_split(t, split, data_dir)
+        assert len(rows) == n
+        assert all(isinstance(r["label"], int) and 0 <= r["label"] < len(t.labels) for r in rows[:100])
+        assert all(r[f] for r in rows[:100] for f in t.fields)
+
+
+def test_sst2_label_balance(data_dir):
+    rows = load_split(task("sst2"), "validation", data_dir)
+    assert sum(r["label"] == 0 for r in rows) == 428
+
+
+def test_custom_csv_task():
+    t = task("custom_example")
+    rows = load_split(t, "train", TEST_DATA)
+    assert len(rows) == 80 and {r["label"] for r in rows} == {0, 1}
+    assert rows[0]["text"] and rows[0]["id"] == "train-0"
+
+
+def test_gold_val_is_stratified_and_seeded(data_dir):
+    t = task("sst2")
+    a = load_real_data(t, data_dir, 200, 300, seed=0)
+    b = load_real_data(t, data_dir, 200, 300, seed=0)
+    c = load_real_data(t, data_dir, 200, 300, seed=1)
+    assert [r["id"] for r in a.gold_val] == [r["id"] for r in b.gold_val]
+    assert [r["id"] for r in a.gold_val] != [r["id"] for r in c.gold_val]
+    assert len(a.gold_val) == 200 and sum(r["label"] == 0 for r in a.gold_val) in (98, 99)  # 428/872 of 200
+    # the test cap does not depend on the run seed: every seed is scored on the same rows
+    assert [r["id"] for r in a.test] == [r["id"] for r in c.test] and len(a.test) == 300
+
+
+def test_stratified_sample_proportions():
+    rows = [{"label": 0}] * 70 + [{"label": 1}] * 30
+    picked = stratified_sample(rows, 10, seed=3)
+    assert sum(r["label"] == 1 for r in picked) == 3
+
+
+def write(tmp_path, name, text):
+    folder = tmp_path / "sst2"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(text)
+    return tmp_path
+
+
+def test_bad_json_line_names_file_and_line(tmp_path):
+    good = json.dumps({"text": "fine", "label": 1})
+    d = write(tmp_path, "validation.jsonl", f"{good}\n{good}\n{{not json\n")
+    with pytest.raises(DataError, match=r"validation\.jsonl:3: not valid JSON"):
+        load_split(task("sst2"), "validation", d)
+
+
+def test_missing_column_names_file_and_line(tmp_path):
+    d = write(tmp_path, "validation.jsonl", json.dumps({"text": "a", "label": 0}) + "\n"
+              + json.dumps({"sentence": "b", "label": 0}) + "\n")
+    with pytest.raises(DataError, match=r"validation\.jsonl:2: missing column 'text'"):
+        load_split(task("sst2"), "validation", d)
+
+
+def test_label_outside_label_set(tmp_path):
+    d = write(tmp_path, "validation.jsonl", json.dumps({"text": "a", "label": 7}) + "\n")
+    with pytest.raises(DataError, match=r"validation\.jsonl:1: label 7 is not one of"):
+        load_split(task("sst2"), "validation", d)
+
+
+def test_bad_csv_label(tmp_path):
+    folder = tmp_path / "custom_example"
+    folder.mkdir()
+    (folder / "test.csv").write_text("message,category\nhello there,question\nit broke,feature_request\n")
+    with pytest.raises(DataError, match=r"test\.csv:3: label 'feature_request'"):
+        load_split(task("custom_example"), "test", tmp_path)
+
+
+def test_missing_data_says_where_it_looked(tmp_path):
+    with pytest.raises(DataError, match=r"looked for .*custom_example/test\..*S3_DATA_DIR"):
+        load_split(task("custom_example"), "test", tmp_path)
+
+
+def test_missing_data_without_hub_access(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"looked for .*sst2/validation.* and the Hub dataset 'nyu-mll/glue' failed"):
+        load_split(task("sst2"), "validation", tmp_path)

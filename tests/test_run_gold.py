@@ -1,0 +1,83 @@
+"""End to end through run.py: real MiniLM training on real SST-2, files, W&B offline runs, multirun, errors."""
+
+import json
+
+import pytest
+
+from conftest import TEST_DATA, read_jsonl, run_cli
+
+SMALL = ["loop=gold", "loop.max_test=300", "small_model.max_epochs=2"]
+
+
+@pytest.mark.slow
+def test_gold_run_beats_chance_and_writes_artifacts(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli([*SMALL, "loop.gold_train_size=800", f"hydra.run.dir={run_dir}",
+                    "+logger.api_key=sk-THIS-IS-SECRET", "+secrets.hf_token=hf_SECRET_TOKEN"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["task"] == "sst2" and summary["loop"] == "gold"
+    assert summary["test_acc"] > 0.70, summary
+    assert summary["wall_seconds"] > 0 and summary["n_test"] == 300
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [0]
+    for key in ("n_train", "val_acc", "val_f1", "test_acc", "test_f1", "train_seconds"):
+        assert key in rows[0]
+    assert rows[0]["n_train"] == 800
+    errors = read_jsonl(run_dir / "errors.jsonl")
+    assert len(errors) == rows[0]["n_errors"] == round((1 - rows[0]["val_acc"]) * 200)
+    assert all(e["pred"] != e["label"] and e["prob_pred"] >= 0.5 and e["text"] for e in errors)
+    # W&B offline run inside the run dir, with the config logged but no secret anywhere in it
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert b"gold_train_size" in next(offline[0].glob("run-*.wandb")).read_bytes()  # the config was logged
+    for path in [run_dir / "config.yaml", *offline[0].rglob("*")]:
+        if path.is_file():
+            blob = path.read_bytes()
+            assert b"sk-THIS-IS-SECRET" not in blob and b"hf_SECRET_TOKEN" not in blob, path
+    assert "***" in (run_dir / "config.yaml").read_text()
+    assert not list(run_dir.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_multirun_gives_separate_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", "task=sst2,rte", *SMALL, "loop.gold_train_size=200", "small_model.max_epochs=1",
+                    "loop.max_test=100", "loop.num_gold_val=60", f"hydra.sweep.dir={sweep}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = sorted(p.parent for p in sweep.rglob("summary.json"))
+    assert len(run_dirs) == 2
+    assert {json.loads((d / "summary.json").read_text())["task"] for d in run_dirs} == {"sst2", "rte"}
+    names = set()
+    for d in run_dirs:
+        offline = list((d / "wandb").glob("offline-run-*"))
+        assert len(offline) == 1
+        names.add(offline[0].name)
+    assert len(names) == 2
+
+
+@pytest.mark.slow
+def test_custom_csv_task_runs(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["task=custom_example", f"paths.data_dir={TEST_DATA}", "loop=gold", "loop.num_gold_val=20",
+                    "small_model.max_epochs=1", "logger=none", f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["task"] == "custom_example" and summary["n_gold_val"] == 20 and summary["n_test"] == 32
+    assert not (run_dir / "wandb").exists()
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(["loop=gold", f"paths.data_dir={tmp_path / 'nowhere'}", "logger=none",
+                    f"hydra.run.dir={run_dir}"], env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no validation data for task 'sst2': looked for") and "S3_DATA_DIR" in last
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+def test_unknown_task_lists_choices(tmp_path):
+    proc = run_cli(["task=nope", f"hydra.run.dir={tmp_path}"])
+    assert proc.returncode != 0
+    assert "Could not find 'task/nope'" in proc.stderr and "sst2" in proc.stderr
