@@ -1,0 +1,499 @@
+"""Turn raw LLM answers into training examples and filter out the junk.
+
+With a small generator (SmolLM2-135M-Instruct) the S3 loop stands or falls on this step: the model wraps
+examples in assistant chatter ("Sure! Here's a positive review: …"), refuses, repeats itself and sometimes
+parrots the gold validation examples it was shown during error extrapolation. The paper's own published data
+still contains refusals and duplicates, so every synthetic row goes through :func:`parse_examples` and then
+:class:`Cleaner`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+DROP_REASONS: tuple[str, ...] = (
+    "empty",
+    "too_short",
+    "too_long",
+    "refusal",
+    "boilerplate",
+    "states_label",
+    "leak",
+    "label_conflict",
+    "duplicate",
+    "near_duplicate",
+)
+
+# --------------------------------------------------------------------------------------------------
+# Normalization (the one definition used for dedup, leak and label checks)
+# --------------------------------------------------------------------------------------------------
+
+_HTML_TAG = re.compile(r"<\s*/?\s*[a-zA-Z]+\s*/?\s*>")
+_NON_WORD = re.compile(r"[\W_]+")
+
+
+def normalize(text: str) -> str:
+    """Lowercase, drop HTML tags (IMDb's ``<br />``), turn punctuation into spaces, collapse whitespace.
+
+    Punctuation becomes a space rather than vanishing so that SST-2's PTB tokenisation ("it 's") and plain
+    text ("it's") normalize to the same string.
+    """
+    return _NON_WORD.sub(" ", _HTML_TAG.sub(" ", text).lower()).strip()
+
+
+def summarize_drops(counter: Mapping[str, int]) -> dict[str, int]:
+    """All reasons in a fixed order, 0 when absent, so logged tables keep stable columns."""
+    unknown = set(counter) - set(DROP_REASONS)
+    if unknown:
+        raise ValueError(f"unknown drop reasons: {sorted(unknown)}")
+    return {reason: int(counter.get(reason, 0)) for reason in DROP_REASONS}
+
+
+# --------------------------------------------------------------------------------------------------
+# Parsing
+# --------------------------------------------------------------------------------------------------
+
+_ACK = r"(?:sure|certainly|of course|okay|ok|alright|absolutely|great|no problem)"
+_META_NOUN = (
+    r"(?:reviews?|sentences?|examples?|texts?|versions?|responses?|paraphrases?|rewrites?|hypothes[ie]s|"
+    r"premises?|questions?|pairs?|outputs?|answers?|summar(?:y|ies)|one|ones|it)"
+)
+# "Sure!", "Certainly, I'd be happy to help." as a whole first sentence.
+_LEAD_ACK = re.compile(
+    rf"^\W*{_ACK}\b\s*(?:[!.]+|,?\s*(?:i(?:'d| would| can| will|'ll)|let me)\b[^.!:\n]*[.!:]+)\s*", re.I
+)
+# "Here is a positive movie review:", "Okay, here's one for you:", "Here are 5 sentences." (intro only).
+_LEAD_HERE = re.compile(
+    rf"^\W*(?:{_ACK}\b[\s,!.]*)?(?:here(?:'s| is| are)|below (?:is|are))\b"
+    rf"(?:[^:\n]{{0,150}}:|[^.!\n]{{0,150}}\b{_META_NOUN}\b[^.!:\n]{{0,60}}(?:[.!]|\n|$))\s*",
+    re.I,
+)
+_LEAD_LABEL_WORDS = (
+    r"review|sentence|text|example|output|answer|response|paraphrase|rewrite|version|summary|"
+    r"hypothesis|premise|question|passage|context"
+)
+_TRAILING_META = re.compile(
+    r"(?:^|(?<=[.!?)\]\"'”])\s+|\n)\s*\(?\s*(?:"
+    r"(?:this|the above|these|my)\s+(?:(?:new|rewritten|revised|positive|negative|movie|film)\s+)*"
+    r"(?:reviews?|sentences?|examples?|texts?|responses?|paraphrases?|hypothes[ie]s|premises?|versions?|"
+    r"rewrites?|pairs?)\s+(?:highlights?|captures?|emphasi[sz]es?|showcases?|conveys?|expresses?|reflects?|"
+    r"uses?|maintains?|keeps?|demonstrates?|focus(?:es)?|describes?|shows?|provides?|is written|was written|"
+    r"has been|follows?|meets?|adheres?|incorporates?|touches|mentions?|portrays?|effectively|successfully)"
+    r"|(?:note|explanation|label|sentiment|word count|rationale|reasoning)\s*:"
+    r"|i hope (?:this|these|you)|hope this helps|let me know|feel free|"
+    r"i(?:'ve| have)? (?:written|rewritten|created|generated|rewrote|wrote)\b"
+    r"|in this (?:review|sentence|rewrite|version|example)\b"
+    r").*\Z",
+    re.I | re.S,
+)
+_WORD_COUNT = re.compile(r"\(\s*(?:word count|words?)\s*:?[^)]*\)", re.I)
+_HEADING = re.compile(r"^\s*(?:#{1,6}\s+.*|\*\*[^*\n]+\*\*:?|__[^_\n]+__:?)\s*$")
+_EMPHASIS = re.compile(r"(\*{1,3}|__)(?=\S)([^*\n]+?)(?<=\S)\1")
+_FENCE_LINE = re.compile(r"^\s*```[\w-]*\s*$", re.M)
+_QUOTES = {'"': '"', "“": "”", "'": "'", "«": "»", "„": "“", "‘": "’"}
+_LIST_MARKER = re.compile(
+    rf"^\s*(?:\d{{1,3}}\s*[.)]|\(\d{{1,3}}\)|[-*•–]|(?:[a-z]+\s+)?(?:{_LEAD_LABEL_WORDS}|item)\s*#?\d{{1,3}}\s*[:.)-])\s+",
+    re.I,
+)
+
+
+def _label_prefix(extra_labels: Iterable[str]) -> re.Pattern[str]:
+    """"Review:", "Positive movie review:", "Sentence 1:" and the task's own field labels ("Premise:")."""
+    words = "|".join([_LEAD_LABEL_WORDS, *(re.escape(x) for x in extra_labels)])
+    return re.compile(rf"^\W*(?:[a-z'-]+\s+){{0,3}}?(?:{words})s?\s*#?\d{{0,3}}\s*\**\s*[:：]\s*\**\s*", re.I)
+
+
+def _strip_quotes(text: str) -> str:
+    """Remove quotes wrapping the whole text (RTE hypotheses in the paper data) or a lone dangling one."""
+    while len(text) >= 2 and text[0] in _QUOTES:
+        close = _QUOTES[text[0]]
+        inner = text[1:-1]
+        if text[-1] == close and close not in inner and text[0] not in inner:
+            text = inner.strip()
+        elif text.count(text[0]) + (text.count(close) if close != text[0] else 0) == 1:
+            text = text[1:].strip()  # opening quote never closed
+        else:
+            break
+    if text and text[-1] in _QUOTES.values() and text.count(text[-1]) == 1 and not any(
+        q in text[:-1] for q, c in _QUOTES.items() if c == text[-1]
+    ):
+        text = text[:-1].strip()
+    return text
+
+
+def clean_text(text: str, extra_labels: Iterable[str] = ()) -> str:
+    """Strip assistant framing around one example; returns "" when nothing but framing was there."""
+    text = _FENCE_LINE.sub("", text).replace("\r", "")
+    lines = text.split("\n")
+    if sum(1 for ln in lines if ln.strip()) > 1:  # a lone bold line is content, not a heading
+        lines = [ln for ln in lines if not _HEADING.match(ln)]
+    text = _EMPHASIS.sub(r"\2", "\n".join(lines)).strip()
+    label_prefix = _label_prefix(extra_labels)
+    previous = None
+    while previous != text:  # prefixes stack: "Sure! Here it is:\n\nReview 1: …"
+        previous = text
+        for pattern in (_LEAD_ACK, _LEAD_HERE, label_prefix):
+            text = pattern.sub("", text, count=1).strip()
+        text = _strip_quotes(text)
+    text = _WORD_COUNT.sub("", text)
+    text = _TRAILING_META.sub("", text).strip()
+    return _strip_quotes(re.sub(r"[ \t]+", " ", text).strip())
+
+
+def _split_items(raw: str) -> list[str]:
+    """Split a list answer: marked items ("1.", "-", "Review 2:") if any, else paragraphs, else lines."""
+    lines = raw.replace("\r", "").split("\n")
+    if any(_LIST_MARKER.match(ln) for ln in lines):
+        items: list[str] = []
+        for ln in lines:  # text before the first marker is an intro; unmarked lines continue the item
+            if _LIST_MARKER.match(ln):
+                items.append(_LIST_MARKER.sub("", ln, count=1))
+            elif items:
+                items[-1] += "\n" + ln
+        if items and not any(re.search(r"\n\s*\n", it.strip()) for it in items[:-1]):
+            items[-1] = re.split(r"\n\s*\n", items[-1].strip())[0]  # one-paragraph items: the rest is an outro
+        return items
+    paragraphs = [p for p in re.split(r"\n\s*\n", raw) if p.strip()]
+    return paragraphs if len(paragraphs) > 1 else [ln for ln in lines if ln.strip()]
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _json_values(raw: str) -> list[object]:
+    """Every JSON object/array in the text: fenced blocks first, then any embedded in prose."""
+    decoder = json.JSONDecoder()
+    found: list[object] = []
+    for block in re.findall(r"```(?:json)?\s*(.*?)```", raw, re.S | re.I):
+        try:
+            found.append(json.loads(block))
+        except json.JSONDecodeError:
+            pass
+    if found:
+        return found
+    pos = 0
+    while (match := re.compile(r"[\[{]").search(raw, pos)) is not None:
+        try:
+            value, end = decoder.raw_decode(raw, match.start())
+        except json.JSONDecodeError:
+            pos = match.start() + 1
+            continue
+        found.append(value)
+        pos = end
+    return found
+
+
+def _json_records(raw: str, fields: Sequence[str], keys: Mapping[str, set[str]], labels: list[str]) -> list[dict]:
+    records: list[dict[str, str]] = []
+    stack = _json_values(raw)
+    while stack:
+        value = stack.pop(0)
+        if isinstance(value, list):
+            stack[:0] = value
+        elif isinstance(value, dict):
+            by_key = {_key(str(k)): v for k, v in value.items()}
+            row = {}
+            for field in fields:
+                hit = next((by_key[k] for k in keys[field] if k in by_key), None)
+                if isinstance(hit, (str, int, float)):
+                    row[field] = clean_text(str(hit), labels)
+            if all(row.get(f) for f in fields):
+                records.append(row)
+        elif isinstance(value, str) and len(fields) == 1 and clean_text(value, labels):
+            records.append({fields[0]: clean_text(value, labels)})
+    return records
+
+
+def _labelled_records(raw: str, fields: Sequence[str], keys: Mapping[str, set[str]], labels: list[str]) -> list[dict]:
+    """`Premise: …` / `Hypothesis: …` (also `"premise": "…",` from broken JSON), possibly repeated."""
+    aliases = sorted({*fields, *labels}, key=len, reverse=True)
+    field_of = {k: f for f in fields for k in keys[f]}
+    marker = re.compile(
+        rf"(?:^|(?<=[\s,;|{{]))[*_\"'`]*({'|'.join(map(re.escape, aliases))})\s*#?\d{{0,3}}[*_\"'`]*\s*[:=][*_]*[ \t]*",
+        re.I | re.M,
+    )
+    matches = list(marker.finditer(raw))
+    records: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for m, nxt in zip(matches, [*matches[1:], None]):
+        field = field_of[_key(m.group(1))]
+        value = raw[m.end() : nxt.start() if nxt else len(raw)].strip().split("\n")[0]
+        if field in current:  # a field seen twice starts the next record
+            current = {}
+        current[field] = clean_text(value.strip().rstrip(",;").strip(), labels)
+        if all(current.get(f) for f in fields):
+            records.append({f: current[f] for f in fields})
+            current = {}
+    return records
+
+
+def parse_examples(
+    raw: str, fields: Sequence[str], field_labels: Mapping[str, str], many: bool
+) -> list[dict[str, str]] | None:
+    """Examples found in one LLM answer, or None when nothing usable parses (the caller counts `unparsable`).
+
+    Single-text tasks take the whole answer as one example (`many=False`, the first item if the model answered
+    with a list anyway) or split a list answer into items (`many=True`). Pair tasks read JSON (fenced, embedded,
+    a list of objects; keys matched case-insensitively to field names or their prose labels) and fall back to
+    labelled lines. Text is only un-framed here; whether it is any good is the :class:`Cleaner`'s call.
+    """
+    labels = [field_labels.get(f, f) for f in fields]
+    keys = {f: {_key(f), _key(field_labels.get(f, f))} for f in fields}
+    records: list[dict[str, str]]
+    stripped = raw.strip()
+    if len(fields) > 1 or stripped.startswith(("{", "[")) or "```json" in stripped.lower():
+        records = _json_records(raw, fields, keys, labels)
+    else:
+        records = []
+    if not records and len(fields) > 1:
+        records = _labelled_records(raw, fields, keys, labels)
+    if not records and len(fields) == 1:
+        if many or sum(1 for ln in raw.split("\n") if _LIST_MARKER.match(ln)) >= 2:
+            texts = [clean_text(item, labels) for item in _split_items(raw)]
+        else:
+            texts = [clean_text(raw, labels)]
+        records = [{fields[0]: t} for t in texts]
+    records = [r for r in records if all(r.get(f) for f in fields)]
+    if not records:
+        return None
+    return records if many else records[:1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Filtering
+# --------------------------------------------------------------------------------------------------
+
+_REFUSAL = re.compile(
+    r"\bas an ai\b|\bai (?:language )?model\b|\bi(?:'m| am) an ai\b"
+    r"|\bopenai'?s? (?:use case |content )?(?:polic|values|guidelines)"
+    r"|\bcontent polic(?:y|ies)\b|\bgoes against (?:my|openai|ethical|the (?:content|use case))"
+    r"|\bi (?:cannot|can't|can not|am unable to|'m unable to|am not able to|'m not able to|won't|will not|"
+    r"must decline to|am not comfortable|'m not comfortable)\s+(?:\w+\s+)?(?:generat|creat|writ|produc|provid|fulfil|"
+    r"comply|complete (?:this|that|the) (?:task|request)|assist|help with|do that|perform|engage)"
+    r"|\binappropriate (?:or \w+ )?request\b|\bis there (?:something|anything) else i can\b"
+    r"|\A\W*(?:i(?:'m| am) )?(?:so |very |really |truly )?sorry,?\s*(?:but\s*)?(?:as an|i (?:cannot|can't|can not|"
+    r"am not|'m not|am unable|'m unable|won't|will not|do not|don't)\b(?!\s+(?:recommend|believe|say|stand|wait|help but)))"
+    r"|\A\W*(?:i apologi[sz]e|my apologies|apologies)\b",
+    re.I,
+)
+_BOILERPLATE = re.compile(
+    rf"{_LEAD_HERE.pattern}|^\W*(?:sure|certainly|of course)\s*!"
+    rf"|^\W*{_ACK}\b[\s,!.]*(?:here|below|i(?:'d| would| will|'ll| can| have)|let me)\b"
+    r"|\bas (?:you )?requested\b(?! by)|\brewritten (?:sentence|version|review|text|example|hypothesis)\b"
+    r"|\bin an? (?:positive|negative|neutral) (?:style|tone)\b|\b(?:positive|negative) (?:movie )?review for you\b"
+    r"|\bhere is the (?:rewritten|revised|new|requested)\b",
+    re.I,
+)
+
+
+def _boilerplate_kind(text: str) -> str | None:
+    """`refusal` or `boilerplate` when the text is assistant talk rather than an example."""
+    text = text.replace("’", "'")
+    if _REFUSAL.search(text):
+        return "refusal"
+    if _BOILERPLATE.search(text):
+        return "boilerplate"
+    return None
+
+
+_RNG = np.random.default_rng(20231013)
+_MULTIPLIERS = _RNG.integers(1, 2**63, size=64, dtype=np.int64).astype(np.uint64) | np.uint64(1)
+_MINHASH_A = _RNG.integers(1, 2**63, size=64, dtype=np.int64).astype(np.uint64) | np.uint64(1)
+_MINHASH_B = _RNG.integers(0, 2**63, size=64, dtype=np.int64).astype(np.uint64)
+
+
+@functools.cache
+def _word_hash(word: str) -> int:
+    """Stable across processes (unlike hash()), so a rerun keeps exactly the same rows."""
+    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+
+
+def _word_hashes(norm: str) -> np.ndarray:
+    words = norm.split()
+    return np.fromiter(map(_word_hash, words), dtype=np.uint64, count=len(words))
+
+
+def _gram_hashes(words: np.ndarray, n: int) -> np.ndarray:
+    """64-bit hashes of all word n-grams (a random-multiplier sum, so order matters)."""
+    count = len(words) - n + 1
+    if count <= 0:
+        return np.empty(0, dtype=np.uint64)
+    out = words[:count] * _MULTIPLIERS[0]
+    for j in range(1, n):
+        out += words[j : j + count] * _MULTIPLIERS[j]
+    return out
+
+
+@dataclass
+class CleaningConfig:
+    min_words: int = 3
+    max_words: int = 400  # per field; for pairs applied to each field
+    near_dup_threshold: float = 0.8  # Jaccard of word-shingle sets; >= → near duplicate
+    leak_threshold: float = 0.5  # share of a candidate's word n-grams found in one protected text; > → leak
+    leak_ngram: int = 8
+    forbid_label_words: bool = False  # drop examples that state their own label outright
+    shingle_size: int = 3  # words per shingle for near-duplicate Jaccard
+
+
+class _NgramIndex:
+    """Protected (gold) texts as sorted (n-gram hash, text id) arrays: compact enough for 25k IMDb reviews."""
+
+    def __init__(self, word_arrays: list[np.ndarray], n: int) -> None:
+        self.n = n
+        lengths = np.array([len(a) for a in word_arrays], dtype=np.int64)
+        if not word_arrays or lengths.sum() < n:
+            self.hashes = np.empty(0, dtype=np.uint64)
+            self.ids = np.empty(0, dtype=np.int64)
+            return
+        words = np.concatenate(word_arrays)
+        doc = np.repeat(np.arange(len(word_arrays)), lengths)
+        grams = _gram_hashes(words, n)
+        same_doc = doc[: len(grams)] == doc[n - 1 :]
+        grams, doc = grams[same_doc], doc[: len(same_doc)][same_doc]
+        order = np.argsort(grams, kind="stable")  # doc ids are already ascending, so ties stay in doc order
+        grams, doc = grams[order], doc[order]
+        first = np.ones(len(grams), dtype=bool)
+        first[1:] = (grams[1:] != grams[:-1]) | (doc[1:] != doc[:-1])
+        self.hashes, self.ids = grams[first], doc[first]
+
+    def max_share(self, words: np.ndarray) -> float:
+        """Largest share of the text's distinct n-grams that occur in a single protected text."""
+        grams = np.unique(_gram_hashes(words, self.n))
+        if len(grams) == 0 or len(self.hashes) == 0:
+            return 0.0
+        lo = np.searchsorted(self.hashes, grams)
+        hit = self.hashes[np.minimum(lo, len(self.hashes) - 1)] == grams
+        if not hit.any():
+            return 0.0
+        hi = np.searchsorted(self.hashes, grams[hit], "right")
+        ids = np.concatenate([self.ids[a:b] for a, b in zip(lo[hit], hi)])
+        return float(np.unique(ids, return_counts=True)[1].max()) / len(grams)
+
+
+class Cleaner:
+    """Filters candidate rows against quality rules, the synthetic set so far, and the gold evaluation data.
+
+    Leak policy for pair tasks: only the last field (RTE hypothesis, QNLI sentence) is compared with protected
+    texts. RTE reuses premises across train/validation/test in the real data and S3 copies train premises into
+    its synthetic pairs, so a shared premise is not a leak; a copied pair always copies its last field, so the
+    full-pair exact match is covered too. Pass gold *rows* (mappings with the `fields`) for pair tasks; plain
+    strings are taken as last-field texts (pass premises that way and shared premises would count as leaks).
+    """
+
+    def __init__(
+        self,
+        cfg: CleaningConfig,
+        fields: Sequence[str],
+        label_names: Sequence[str],
+        protected_texts: Iterable[str | Mapping[str, str]],
+    ) -> None:
+        self.cfg = cfg
+        self.fields = list(fields)
+        self.label_names = [normalize(n) for n in label_names]
+        self._labels_by_key: dict[str, int] = {}
+        self._shingles: list[list[frozenset[int]]] = []
+        self._band_index: dict[tuple[int, bytes], list[int]] = {}
+        # Near duplicates: MinHash LSH proposes candidates (rows per band chosen for >= 99.9% recall at the
+        # threshold), exact Jaccard decides. Pairwise Jaccard over thousands of reviews would be O(N^2).
+        self._band_rows = next(
+            (r for r in range(8, 0, -1) if 1 - (1 - cfg.near_dup_threshold**r) ** (64 // r) >= 0.999), 1
+        )
+        self._band_count = 64 // self._band_rows
+        exact: set[str] = set()
+        arrays: list[np.ndarray] = []
+        for item in protected_texts:
+            text = item if isinstance(item, str) else item[self.fields[-1]]
+            norm = normalize(text)
+            if norm and norm not in exact:
+                exact.add(norm)
+                arrays.append(_word_hashes(norm))
+        self._protected = exact
+        self._ngrams = _NgramIndex(arrays, cfg.leak_ngram)
+
+    def add_existing(self, rows: Iterable[dict]) -> None:
+        """Register rows already in the synthetic set (e.g. on resume) so candidates dedup against them."""
+        for row in rows:
+            norms = [normalize(str(row.get(f) or "")) for f in self.fields]
+            self._register(norms, self._shingle_sets(norms), int(row["label"]))
+
+    def filter(self, candidates: Sequence[dict]) -> tuple[list[dict], Counter[str]]:
+        """Kept rows (unchanged dicts, now part of the existing set) and drop counts by reason."""
+        kept: list[dict] = []
+        drops: Counter[str] = Counter()
+        for row in candidates:
+            reason, norms, shingles = self._check(row)
+            if reason:
+                drops[reason] += 1
+            else:
+                self._register(norms, shingles, int(row["label"]))
+                kept.append(row)
+        return kept, drops
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _check(self, row: Mapping) -> tuple[str | None, list[str], list[frozenset[int]]]:
+        texts = [str(row.get(f) or "").strip() for f in self.fields]
+        norms = [normalize(t) for t in texts]
+        if not all(norms):
+            return "empty", norms, []
+        kinds = {_boilerplate_kind(t) for t in texts} - {None}
+        if kinds:
+            return ("refusal" if "refusal" in kinds else "boilerplate"), norms, []
+        lengths = [len(n.split()) for n in norms]
+        if min(lengths) < self.cfg.min_words:
+            return "too_short", norms, []
+        if max(lengths) > self.cfg.max_words:
+            return "too_long", norms, []
+        label = int(row["label"])
+        if self.cfg.forbid_label_words and 0 <= label < len(self.label_names):
+            name = f" {self.label_names[label]} "
+            if any(name in f" {n} " for n in norms):
+                return "states_label", norms, []
+        last = norms[-1]
+        if last in self._protected or self._ngrams.max_share(_word_hashes(last)) > self.cfg.leak_threshold:
+            return "leak", norms, []
+        seen = self._labels_by_key.get("\x1f".join(norms))
+        if seen is not None:
+            return ("duplicate" if seen == label else "label_conflict"), norms, []
+        shingles = self._shingle_sets(norms)
+        if self._near_duplicate(shingles, self._bands(shingles[-1])):
+            return "near_duplicate", norms, []
+        return None, norms, shingles
+
+    def _shingle_sets(self, norms: list[str]) -> list[frozenset[int]]:
+        sets = []
+        for norm in norms:
+            words = _word_hashes(norm)
+            size = max(1, min(self.cfg.shingle_size, len(words)))
+            sets.append(frozenset(_gram_hashes(words, size).tolist()))
+        return sets
+
+    def _bands(self, shingles: frozenset[int]) -> list[tuple[int, bytes]]:
+        """MinHash LSH keys (band number, band signature) of a shingle set."""
+        values = np.fromiter(shingles, dtype=np.uint64, count=len(shingles))
+        signature = (values[:, None] * _MINHASH_A + _MINHASH_B).min(axis=0)[: self._band_count * self._band_rows]
+        return [(i, band.tobytes()) for i, band in enumerate(signature.reshape(self._band_count, -1))]
+
+    def _near_duplicate(self, shingles: list[frozenset[int]], bands: list[tuple[int, bytes]]) -> bool:
+        threshold = self.cfg.near_dup_threshold
+        candidates = {i for key in bands for i in self._band_index.get(key, ())}
+        return any(
+            all(len(a & b) >= threshold * len(a | b) for a, b in zip(shingles, self._shingles[i])) for i in candidates
+        )
+
+    def _register(self, norms: list[str], shingles: list[frozenset[int]], label: int) -> None:
+        self._labels_by_key.setdefault("\x1f".join(norms), label)
+        if not all(shingles):
+            return
+        self._shingles.append(shingles)
+        for key in self._bands(shingles[-1]):
+            self._band_index.setdefault(key, []).append(len(self._shingles) - 1)
