@@ -55,6 +55,7 @@ class SmallModelConfig:
     max_epochs: int = 4
     precision: str = "bf16-mixed"
     bucket_size: int = 50  # batches per length bucket; 1 = plain shuffling
+    pad_to_max_length: bool = False  # the official S3 script's fixed padding; only for comparisons
 
 
 class EncodedDataset(Dataset):
@@ -218,9 +219,12 @@ def train_classifier(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[di
     module = ClassifierModule(cfg, num_labels=len(task.labels))
     train_set = EncodedDataset(train_rows, task, tokenizer, cfg.max_length)
     val_set = EncodedDataset(val_rows, task, tokenizer, cfg.max_length)
-    collate = DataCollatorWithPadding(tokenizer)
+    if cfg.pad_to_max_length:
+        collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=cfg.max_length)
+    else:
+        collate = DataCollatorWithPadding(tokenizer)
     train_loader = DataLoader(train_set, collate_fn=collate, batch_sampler=BucketBatchSampler(
-        train_set.lengths, cfg.batch_size, cfg.bucket_size, seed))
+        train_set.lengths, cfg.batch_size, 1 if cfg.pad_to_max_length else cfg.bucket_size, seed))
     trainer = pl.Trainer(
         max_epochs=cfg.max_epochs, precision=cfg.precision, accelerator="auto", devices=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,

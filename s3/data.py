@@ -49,6 +49,7 @@ class Task:
     label_column: str = "label"
     text_columns: dict[str, str] = field(default_factory=dict)  # our field -> column in local files
     label_descriptions: dict[str, str] = field(default_factory=dict)
+    prompts: dict[str, str] = field(default_factory=dict)  # templates, see conf/prompts/ and s3/prompts.py
     hub: HubSource | None = None
 
     def __post_init__(self) -> None:

@@ -1,9 +1,20 @@
-"""One run of the harness, top to bottom: data, (synthesis,) training, evaluation, tracking."""
+"""One run of the harness, top to bottom: data, synthesis, training, evaluation, error extrapolation, tracking.
+
+``run_synthetic`` is the S3 algorithm (and, with other settings, the ZeroGen/GoldGen baselines and the
+ablations); read it top to bottom. Each finished round is a folder ``rounds/round_<k>/`` written atomically,
+so a killed run re-started with the same ``hydra.run.dir`` continues after its last complete round.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
+import random
+import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -12,11 +23,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from s3.classifier import SmallModelConfig, TrainedClassifier, scores, train_classifier
+from s3.cleaning import Cleaner, CleaningConfig
 from s3.config import UserError
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
-from s3.tracking import RunRecorder, atomic_write_jsonl, atomic_write_text, resolved_config, start_wandb
+from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
+from s3.synthesis import SamplingConfig, Synthesizer, derive_seed, drop_columns
+from s3.tracking import (RunRecorder, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl,
+                         resolved_config, start_wandb)
 
 log = logging.getLogger(__name__)
+logging.getLogger("faiss").setLevel(logging.WARNING)  # MAUVE's k-means logs its CPU-feature probing at INFO
 
 __all__ = ["UserError", "run_experiment", "evaluate"]
 
@@ -61,6 +77,139 @@ def run_gold(cfg: DictConfig, task: Task, small: SmallModelConfig, real: RealDat
     return metrics
 
 
+# ---- rounds on disk (resume) -------------------------------------------------------------------------
+
+def save_round(rounds_dir: Path, k: int, train_rows: Sequence[dict[str, Any]], errors: Sequence[dict[str, Any]],
+               metrics: dict[str, Any], prompts: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """Write ``round_<k>/`` into a scratch folder, then rename it into place: a round is all there or absent."""
+    final = rounds_dir / f"round_{k}"
+    partial = rounds_dir / f".round_{k}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    atomic_write_jsonl(partial / "train.jsonl", train_rows)
+    atomic_write_jsonl(partial / "errors.jsonl", errors)
+    atomic_write_jsonl(partial / "prompts.jsonl", [{"prompt_hash": h, "messages": m} for h, m in prompts.items()])
+    for name, obj in (extra or {}).items():
+        atomic_write_json(partial / name, obj)
+    atomic_write_json(partial / "metrics.json", metrics)
+    if final.exists():  # re-doing a round that was already complete (should not happen on resume)
+        shutil.rmtree(final)
+    os.replace(partial, final)
+
+
+def last_complete_round(rounds_dir: Path) -> int | None:
+    done = [int(p.name.split("_")[1]) for p in rounds_dir.glob("round_*") if (p / "metrics.json").is_file()]
+    return max(done) if done else None
+
+
+# ---- the synthetic-data loop: S3, its ablations, ZeroGen and GoldGen ----------------------------------
+
+def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: RealData, run_dir: Path,
+                  recorder: RunRecorder, llm: LLM, gap: Any) -> dict[str, Any]:
+    L = cfg.loop
+    rounds_dir = run_dir / "rounds"
+    # Leak guard: synthetic copies of gold validation or test texts are dropped. The test set is used for
+    # nothing else here: no prompt ever sees it.
+    cleaner = Cleaner(CleaningConfig(**L.cleaning), task.fields, task.labels, real.gold_val + real.test)
+    synth = Synthesizer(llm, task, cleaner, SamplingConfig(**L.sampling), cfg.seed, L.label_check)
+    budget = L.total_budget if L.total_budget is not None else math.inf
+
+    def finish_round(k: int, train_rows: list[dict[str, Any]], batch: Any, usage_before: dict[str, Usage],
+                     extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Train from scratch on everything so far, evaluate, measure the gap, write the round."""
+        if L.free_llm_between_rounds:
+            llm.close()
+        metrics, errors = train_and_evaluate(train_rows, real, task, small, cfg.seed)
+        used = usage_diff(llm.usage(), usage_before)
+        metrics = {"round": k, "n_new": len(batch.rows), "n_generated": batch.generated, **metrics,
+                   **drop_columns(batch.drops), **llm_columns(used)}
+        if gap is not None:
+            metrics.update(gap(train_rows))
+        save_round(rounds_dir, k, train_rows, errors, metrics, batch.prompts, extra)
+        recorder.log_round(metrics)
+        recorder.log_artifact(rounds_dir / f"round_{k}" / "train.jsonl", f"synthetic-{k}")
+        log.info("round %d: +%d rows (n_train=%d), val_acc=%.4f test_acc=%.4f, %d errors", k, len(batch.rows),
+                 len(train_rows), metrics["val_acc"], metrics["test_acc"], len(errors))
+        return metrics, errors
+
+    start_round = last_complete_round(rounds_dir)
+    if start_round is None:
+        # Round 0: the seed set D_0 (rationale-guided for S3; plain or few-shot prompts for the baselines).
+        before = llm.usage()
+        rationales = synth.rationales(L.rationale_samples) if L.seed_prompt == "rationale" else None
+        size = min(L.seed_size, budget) if L.rounds > 0 else (L.total_budget or L.seed_size)
+        batch = synth.seed_set(size, L.seed_prompt, round_=0, rationales=rationales, demos=real.gold_val,
+                               overgenerate=L.overgenerate, max_attempts=L.max_attempts)
+        train_rows = with_ids(batch.rows, 0, start=0)
+        if not train_rows:
+            raise UserError("round 0 produced no usable synthetic examples (every LLM answer was dropped: "
+                            f"{dict(batch.drops)}); check the prompts or the LLM")
+        metrics, errors = finish_round(0, train_rows, batch, before, {"rationales.json": rationales or {}})
+        start_round = 0
+    else:
+        # Resume: continue after the last complete round with exactly its data and errors.
+        last = rounds_dir / f"round_{start_round}"
+        train_rows, errors = read_jsonl(last / "train.jsonl"), read_jsonl(last / "errors.jsonl")
+        metrics = json.loads((last / "metrics.json").read_text())
+        logged = {row.get("round") for row in recorder.rows}
+        for k in range(start_round + 1):  # a crash between writing a round and logging it
+            if k not in logged and (rounds_dir / f"round_{k}" / "metrics.json").is_file():
+                recorder.log_round(json.loads((rounds_dir / f"round_{k}" / "metrics.json").read_text()))
+        cleaner.add_existing(train_rows)
+        log.info("resuming after round %d (%d synthetic rows, %d errors)", start_round, len(train_rows), len(errors))
+
+    for k in range(start_round + 1, L.rounds + 1):
+        # Error extrapolation: every misclassified gold-validation row becomes a prompt for more like it.
+        room = min(L.max_new_per_round or math.inf, budget - len(train_rows))
+        if not errors or room <= 0:
+            log.info("stopping before round %d: %s", k, "no validation errors" if not errors else "budget used up")
+            break
+        if room < len(errors) * L.per_error:
+            rng = random.Random(derive_seed(cfg.seed, k, "errors"))
+            errors = rng.sample(errors, min(len(errors), math.ceil(room * L.overgenerate / L.per_error)))
+        before = llm.usage()
+        batch = synth.extrapolate(errors, L.per_error, round_=k)
+        batch.rows = batch.rows[: int(min(room, len(batch.rows)))]
+        train_rows = train_rows + with_ids(batch.rows, k, start=len(train_rows))
+        metrics, errors = finish_round(k, train_rows, batch, before)
+    return metrics
+
+
+def with_ids(rows: Sequence[dict[str, Any]], round_: int, start: int) -> list[dict[str, Any]]:
+    return [{"id": f"syn-{start + i}", **row} for i, row in enumerate(rows)]
+
+
+def llm_columns(used: dict[str, Usage]) -> dict[str, float]:
+    """``llm/<field>`` totals for the round plus ``llm/<call site>/backend_calls``."""
+    total = usage_totals(used)
+    cols = {f"llm/{k}": (round(v, 2) if isinstance(v, float) else v) for k, v in total.as_dict().items()}
+    cols.update({f"llm/{site}/backend_calls": u.backend_calls for site, u in used.items()})
+    return cols
+
+
+def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
+    """A function train_rows -> gap/* and div/* columns, or None when ``gap.enabled`` is false."""
+    if not cfg.gap.enabled:
+        return None
+    from s3.embed import SentenceEmbedder
+    from s3.gap import compute_gap
+
+    embedder = SentenceEmbedder(cfg.gap.embedder, cache_dir=str(Path(cfg.paths.cache_dir) / "embeddings"))
+    real_texts = [task.text_of(r) for r in real.gold_val]
+    real_labels = [r["label"] for r in real.gold_val]
+    train = real.train if cfg.gap.vs_train else None
+
+    def measure(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
+        start = time.perf_counter()
+        out = compute_gap([task.text_of(r) for r in rows], [r["label"] for r in rows], real_texts, real_labels,
+                          len(task.labels), embedder, cfg.gap, cfg.seed,
+                          real_train=[task.text_of(r) for r in train] if train else None,
+                          real_train_labels=[r["label"] for r in train] if train else None)
+        return {**out, "gap_seconds": round(time.perf_counter() - start, 2)}
+
+    return measure
+
+
 def run_experiment(cfg: DictConfig) -> float:
     """Build everything from the composed config, run the chosen loop, write the summary; return val acc."""
     start = time.perf_counter()
@@ -71,8 +220,9 @@ def run_experiment(cfg: DictConfig) -> float:
 
     task: Task = instantiate(cfg.task)
     small: SmallModelConfig = instantiate(cfg.small_model)
+    need_train = cfg.loop.name == "gold" or bool(cfg.gap.enabled and cfg.gap.vs_train)
     real = load_real_data(task, cfg.paths.data_dir, cfg.loop.num_gold_val, cfg.loop.max_test, cfg.seed,
-                          need_train=cfg.loop.name == "gold")
+                          need_train=need_train)
     atomic_write_jsonl(run_dir / "gold_val_ids.jsonl", [{"id": r["id"], "label": r["label"]} for r in real.gold_val])
 
     llm_choice = choices.get("llm", "none")
@@ -81,12 +231,16 @@ def run_experiment(cfg: DictConfig) -> float:
         wandb_run = start_wandb(cfg.logger, config, run_dir, group=f"{task.name}-{cfg.loop.name}-{llm_choice}",
                                 name=f"{task.name}-{cfg.loop.name}-{llm_choice}-s{cfg.seed}")
     recorder = RunRecorder(run_dir, wandb_run)
+    llm = None
     try:
         if cfg.loop.name == "gold":
             final = run_gold(cfg, task, small, real, run_dir, recorder)
             llm_totals: dict[str, Any] = {}
         else:
-            raise UserError(f"unknown loop {cfg.loop.name!r}")
+            llm = build_llm(cfg.llm, cfg.paths.cache_dir)
+            final = run_synthetic(cfg, task, small, real, run_dir, recorder, llm, gap_measure(cfg, task, real))
+            llm_totals = {k: (round(v, 2) if isinstance(v, float) else v)
+                          for k, v in usage_totals(llm.usage()).as_dict().items()}
         summary = {"task": task.name, "loop": cfg.loop.name, "seed": cfg.seed, "small_model": small.name,
                    "llm": {"name": llm_choice, **llm_totals},
                    **{k: final[k] for k in ("val_acc", "val_f1", "test_acc", "test_f1", "n_train")},
@@ -96,5 +250,7 @@ def run_experiment(cfg: DictConfig) -> float:
         log.info("done: val_acc=%.4f test_acc=%.4f (%s)", summary["val_acc"], summary["test_acc"], run_dir)
         return float(summary["val_acc"])
     finally:
+        if llm is not None:
+            llm.close()
         if wandb_run is not None:
             wandb_run.finish()

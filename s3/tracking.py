@@ -109,6 +109,15 @@ class RunRecorder:
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
+    def log_artifact(self, path: Path, name: str) -> None:
+        """Each round's synthetic set as a W&B Artifact (versioned, downloadable from the dashboard)."""
+        if self.wandb_run is not None:
+            import wandb
+
+            artifact = wandb.Artifact(f"{self.wandb_run.name}-{name}".replace("/", "_"), type="synthetic-data")
+            artifact.add_file(str(path))
+            self.wandb_run.log_artifact(artifact)
+
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         atomic_write_json(self.run_dir / "summary.json", summary)
         if self.wandb_run is not None:

@@ -1,0 +1,63 @@
+"""Rendering the prompt templates kept in config (``task.prompts``) into chat messages.
+
+Templates are ``str.format`` strings so users can edit them in YAML. Fields available to every template:
+``description, example_kind, example_kind_title, label_options, num_items, field1, field2`` and, where a
+label is involved, ``label, label_description``; plus per-template fields: ``aspect, variation`` (seed),
+``demonstrations`` (goldgen), ``example`` (extrapolate, relabel, demonstration).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping
+
+from s3.config import UserError
+from s3.data import Task
+
+TEMPLATES = ("system", "rationale_label", "rationale_variation", "seed", "zerogen", "goldgen", "demonstration",
+             "extrapolate", "relabel")
+
+
+def prompt_hash(messages: list[dict[str, str]]) -> str:
+    """Short content hash recorded with every synthetic row (provenance)."""
+    blob = "\x1e".join(f"{m['role']}\x1f{m['content']}" for m in messages)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class PromptBook:
+    """The task's templates plus the task-level fields they share."""
+
+    def __init__(self, task: Task):
+        missing = [name for name in TEMPLATES if name not in task.prompts]
+        if missing:
+            raise UserError(f"task {task.name!r}: prompt templates missing: {missing} (see conf/prompts/)")
+        self.task = task
+        names = [task.field_labels[f] for f in task.fields]
+        self.common = {
+            "description": task.description, "example_kind": task.example_kind,
+            "example_kind_title": task.example_kind[:1].upper() + task.example_kind[1:],
+            "label_options": " or ".join(task.labels), "num_items": 10,
+            "field1": names[0], "field2": names[-1],
+        }
+
+    def label_fields(self, label: int) -> dict[str, str]:
+        name = self.task.labels[label]
+        return {"label": name, "label_description": self.task.label_descriptions.get(name, f"its label is {name}")}
+
+    def example(self, row: Mapping[str, Any]) -> str:
+        """A row as shown inside a prompt: the text itself, or labelled lines for pairs."""
+        if not self.task.is_pair:
+            return str(row["text"])
+        return "\n".join(f"{self.task.field_labels[f]}: {row[f]}" for f in self.task.fields)
+
+    def render(self, template: str, **fields: Any) -> str:
+        try:
+            return self.task.prompts[template].format(**{**self.common, **fields})
+        except KeyError as err:
+            raise UserError(f"prompt template {template!r} of task {self.task.name!r} uses unknown field {err}; "
+                            f"available: {sorted({**self.common, **fields})}") from None
+
+    def messages(self, template: str, **fields: Any) -> list[dict[str, str]]:
+        system = self.task.prompts["system"]
+        user = self.render(template, **fields)
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
