@@ -1,0 +1,118 @@
+"""Does S3 beat its baselines? SST-2, embedded LLM, equal synthetic budget, several seeds.
+
+Runs the harness itself (Hydra multiruns of run.py): `gold` (the same number of real examples), `zerogen`,
+`goldgen` and `s3` at `--budget` synthetic examples each, for every seed; prints test accuracy mean ± std,
+the per-round curve of s3, and (unless --skip-paper) our pipeline trained on the paper's published synthetic
+data (IMDb, RTE) next to gold data of the same size. Last line: s3_minus_zerogen=<points>.
+
+    .venv/bin/python benchmarks/quality.py [--seeds 0,1,2] [--budget 400] [--max-test 1000] [--skip-paper]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+import s3.config  # noqa: F401
+from s3.classifier import SmallModelConfig, scores, train_classifier
+from s3.cleaning import Cleaner, CleaningConfig
+from s3.config import REPO_ROOT, default_data_dir
+from s3.data import Task, load_real_data, load_split, stratified_sample
+
+
+def multirun(out: Path, overrides: list[str]) -> None:
+    cmd = [sys.executable, str(REPO_ROOT / "run.py"), "-m", *overrides, f"hydra.sweep.dir={out}"]
+    print("$", " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def mean_std(xs: list[float]) -> str:
+    return f"{100 * statistics.mean(xs):5.1f} ± {100 * (statistics.stdev(xs) if len(xs) > 1 else 0.0):4.1f}"
+
+
+def paper_synthetic(task_name: str, small_name: str, n_gold: int, max_test: int, seed: int) -> list[str]:
+    """Our small-model pipeline on the authors' published synthetic data (cleaned), next to gold data."""
+    task: Task = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "task" / f"{task_name}.yaml"))
+    small: SmallModelConfig = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "small_model" / f"{small_name}.yaml"))
+    small = dataclasses.replace(small, max_length=256, max_epochs=3)
+    data_dir = Path(default_data_dir())
+    real = load_real_data(task, data_dir, 200, max_test, seed, need_train=True)
+    rows = []
+    for path in sorted((data_dir / "paper_synthetic" / task_name).glob("*.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    cleaner = Cleaner(CleaningConfig(max_words=1000), task.fields, task.labels, real.gold_val + real.test)
+    kept, drops = cleaner.filter([{**{f: r[f] for f in task.fields}, "label": r["label"]} for r in rows])
+    lines = []
+    for name, train in (("paper synthetic (cleaned)", kept), (f"gold ({n_gold} real)", stratified_sample(
+            load_split(task, "train", data_dir), n_gold, seed))):
+        clf = train_classifier(train, real.gold_val, task, small, seed, progress=False)
+        acc = scores(clf.predict_proba(real.test), real.test)["acc"]
+        lines.append(f"| {task_name} | {name} | {len(train)} | {100 * acc:.1f} |")
+        print(lines[-1], flush=True)
+    print(f"  {task_name}: cleaning dropped {sum(drops.values())} of {len(rows)} rows: {dict(drops)}")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task", default="sst2")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budget", type=int, default=400)
+    ap.add_argument("--seed-size", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--max-test", type=int, default=1000)
+    ap.add_argument("--methods", default="zerogen,goldgen,s3")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--extra", default="", help="more Hydra overrides for every run, space separated")
+    ap.add_argument("--skip-paper", action="store_true")
+    args = ap.parse_args()
+
+    out = Path(args.out or REPO_ROOT / "outputs" / "bench_quality" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    common = [f"task={args.task}", f"seed={args.seeds}", f"loop.max_test={args.max_test}", "logger=none",
+              "gap.vs_train=false", *args.extra.split()]
+    start = time.perf_counter()
+    multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={args.budget}"])
+    multirun(out / "synthetic", [*common, f"loop={args.methods}", f"loop.total_budget={args.budget}",
+                                 f"loop.seed_size={args.seed_size}", f"loop.rounds={args.rounds}"])
+
+    final: dict[str, list[float]] = defaultdict(list)
+    curves: dict[int, list[float]] = defaultdict(list)
+    sizes: dict[str, list[int]] = defaultdict(list)
+    for summary_path in sorted(out.rglob("summary.json")):
+        summary = json.loads(summary_path.read_text())
+        final[summary["loop"]].append(summary["test_acc"])
+        sizes[summary["loop"]].append(summary["n_train"])
+        if summary["loop"] == "s3":
+            for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines():
+                row = json.loads(line)
+                curves[row["round"]].append(row["test_acc"])
+
+    print(f"\n{args.task}, budget {args.budget}, seeds {args.seeds}, test rows <= {args.max_test}, "
+          f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - start:.0f} s")
+    print("| method | test acc (mean ± std) | train rows (mean) | runs |\n|---|---|---|---|")
+    for method in ["gold", *args.methods.split(",")]:
+        if final[method]:
+            print(f"| {method} | {mean_std(final[method])} | {statistics.mean(sizes[method]):.0f} | "
+                  f"{len(final[method])} |")
+    print("\ns3 per round (test acc mean ± std): " + ", ".join(
+        f"round {k}: {mean_std(v)}" for k, v in sorted(curves.items())))
+    if not args.skip_paper:
+        print("\n| task | training data | rows | test acc |\n|---|---|---|---|")
+        for task_name in ("imdb", "rte"):
+            paper_synthetic(task_name, "minilm", n_gold=2000, max_test=args.max_test, seed=0)
+    gap = 100 * (statistics.mean(final["s3"]) - statistics.mean(final["zerogen"]))
+    print(f"s3_minus_zerogen={gap:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Backend-agnostic LLM interface: requests, completions, usage accounting.
+
+Every backend generates *one sample per unit*: a request with `n` samples is
+expanded into `n` single-sample units, each with its own derived seed
+(`sample_seed`). That single rule makes samples independent of batch
+composition, lets the cache store and reuse samples one index at a time (ask
+n=4 after n=2 and only 2 are generated), and gives vLLM one SamplingParams per
+sample (a shared seeded object would correlate them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
+
+
+class LLMUnavailableError(RuntimeError):
+    """The backend (e.g. an OpenAI-compatible server) cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling parameters; hashable so they can go into the cache key."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"Sampling.n must be >= 1, got {self.n}")
+        object.__setattr__(self, "stop", tuple(self.stop))
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[Message, ...]
+    sampling: Sampling = Sampling()
+    choices: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "messages", tuple(self.messages))
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("ChatRequest.choices must be non-empty when given")
+            object.__setattr__(self, "choices", tuple(self.choices))
+
+    @classmethod
+    def from_messages(
+        cls,
+        msgs: Iterable[Mapping[str, str] | Message],
+        sampling: Sampling | None = None,
+        choices: Sequence[str] | None = None,
+    ) -> ChatRequest:
+        messages = tuple(m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in msgs)
+        return cls(messages, sampling or Sampling(), tuple(choices) if choices is not None else None)
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in self.messages]
+
+    def unit(self, index: int) -> ChatRequest:
+        """The single-sample request that produces sample `index` of this one."""
+        s = self.sampling
+        return replace(self, sampling=replace(s, n=1, seed=sample_seed(s.seed, index)))
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+@dataclass
+class Usage:
+    """Counters per call site. `backend_calls` counts requests that reached the backend (cache misses)."""
+
+    requests: int = 0
+    backend_calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def usage_totals(usage: Mapping[str, Usage]) -> Usage:
+    """Sum over call sites."""
+    return sum(usage.values(), Usage())
+
+
+def usage_diff(after: Mapping[str, Usage], before: Mapping[str, Usage]) -> dict[str, Usage]:
+    """Per-call-site usage between two `LLM.usage()` snapshots (per-round accounting)."""
+    return {k: v - before.get(k, Usage()) for k, v in after.items() if v != before.get(k, Usage())}
+
+
+def sample_seed(seed: int | None, index: int) -> int | None:
+    """Seed of sample `index`: index 0 keeps the request seed, others get a hashed, decorrelated one."""
+    if seed is None or index == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def render_plain(messages: Sequence[Message]) -> str:
+    """Prompt for base models without a chat template: the message contents as a completion prompt."""
+    text = "\n\n".join(m.content.strip() for m in messages)
+    return text if messages and messages[-1].role == "assistant" else text + "\n"
+
+
+def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """Cut `text` before the first stop string (OpenAI semantics); report whether one was found."""
+    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[^\w]+", " ", s.lower()).strip()
+
+
+def match_choice(text: str, choices: Sequence[str]) -> str | None:
+    """Map a free-text answer to one of `choices`, tolerantly.
+
+    Exact match, then case/punctuation-insensitive match, then the choice whose
+    normalized form occurs earliest as a whole word in the text (longest wins a
+    tie, so "very positive" beats "positive"). None if no choice is mentioned.
+    """
+    if text in choices:
+        return text
+    norm = _norm(text)
+    for c in choices:
+        if _norm(c) == norm:
+            return c
+    best: tuple[int, int, str] | None = None
+    for c in choices:
+        nc = _norm(c)
+        if not nc:
+            continue
+        m = re.search(rf"(?<!\w){re.escape(nc)}(?!\w)", norm)
+        if m and (best is None or (m.start(), -len(nc)) < best[:2]):
+            best = (m.start(), -len(nc), c)
+    return best[2] if best else None
+
+
+class LLM(ABC):
+    """A text generator. Subclasses implement `_generate_units` on single-sample requests."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self._usage: dict[str, Usage] = {}
+
+    def generate(self, requests: Sequence[ChatRequest], call_site: str = "default") -> list[list[Completion]]:
+        """One list of `n` completions per request, in request order."""
+        start = time.perf_counter()
+        units = [r.unit(i) for r in requests for i in range(r.sampling.n)]
+        flat = self._generate_units(units) if units else []
+        out, pos = [], 0
+        for r in requests:
+            out.append(flat[pos : pos + r.sampling.n])
+            pos += r.sampling.n
+        self._record(
+            call_site,
+            Usage(
+                requests=len(requests),
+                backend_calls=len(requests),
+                prompt_tokens=sum(c.prompt_tokens for c in flat),
+                completion_tokens=sum(c.completion_tokens for c in flat),
+                seconds=time.perf_counter() - start,
+            ),
+        )
+        return out
+
+    @abstractmethod
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        """Generate exactly one completion per unit (`unit.sampling.n == 1`, seed already per sample)."""
+
+    def usage(self) -> dict[str, Usage]:
+        """Cumulative usage per call site (a copy: safe to keep as a snapshot)."""
+        return {k: replace(v) for k, v in self._usage.items()}
+
+    def _record(self, call_site: str, delta: Usage) -> None:
+        self._usage[call_site] = self._usage.get(call_site, Usage()) + delta
+
+    def close(self) -> None:
+        """Free model / engine memory. Default: nothing to free."""
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = [
+    "ChatRequest",
+    "Completion",
+    "LLM",
+    "LLMUnavailableError",
+    "Message",
+    "Sampling",
+    "Usage",
+    "match_choice",
+    "render_plain",
+    "sample_seed",
+    "truncate_at_stop",
+    "usage_diff",
+    "usage_totals",
+]

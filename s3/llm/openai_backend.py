@@ -1,0 +1,119 @@
+"""OpenAI-compatible HTTP backend (e.g. a `vllm serve` endpoint).
+
+The API key is read from the environment variable *named* in the config at
+client construction and lives only inside the `openai` client: never in the
+config, our repr, or our logs. Retries are ours (the client's are disabled) so
+that an unreachable server turns into one `LLMUnavailableError` within a
+bounded time instead of a stack of client tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+
+import openai
+
+from s3.llm.base import LLM, ChatRequest, Completion, LLMUnavailableError, match_choice
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+
+
+class OpenAIBackend(LLM):
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        api_key_env: str = "OPENAI_API_KEY",
+        max_concurrency: int = 16,
+        max_retries: int = 4,
+        backoff_s: float = 0.5,
+        request_timeout_s: float = 120.0,
+        total_timeout_s: float = 3600.0,
+        structured_choices: bool = True,
+    ) -> None:
+        super().__init__()
+        self.name = f"openai:{model}"  # not the URL: a restarted server on another port keeps its cache
+        self.model = model
+        self.base_url = base_url
+        self.api_key_env = api_key_env
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.total_timeout_s = total_timeout_s
+        self.structured_choices = structured_choices
+        self._client = openai.OpenAI(
+            base_url=base_url,
+            api_key=os.environ.get(api_key_env) or "EMPTY",  # local vLLM servers accept any key
+            timeout=request_timeout_s,
+            max_retries=0,
+        )
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+
+    def _unavailable(self, why: object) -> LLMUnavailableError:
+        return LLMUnavailableError(f"LLM server at {self.base_url} is unavailable: {type(why).__name__}: {why}".splitlines()[0])
+
+    def _call(self, unit: ChatRequest, deadline: float) -> Completion:
+        s = unit.sampling
+        kwargs = dict(model=self.model, messages=unit.as_dicts(), n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+        if s.seed is not None:
+            kwargs["seed"] = s.seed
+        if s.stop:
+            kwargs["stop"] = list(s.stop)
+        constrained = unit.choices is not None and self.structured_choices
+        if constrained:
+            kwargs["extra_body"] = {"structured_outputs": {"choice": list(unit.choices)}}  # type: ignore[arg-type]
+        attempt = 0
+        while True:
+            try:
+                resp = self._client.chat.completions.create(**kwargs)
+                break
+            except openai.BadRequestError as e:
+                if not constrained:
+                    raise
+                log.warning("%s rejected structured choices (%s); matching free text instead", self.base_url, e.status_code)
+                with self._lock:
+                    self.structured_choices = constrained = False
+                kwargs.pop("extra_body")
+            except _RETRYABLE as e:
+                wait_s = self.backoff_s * 2**attempt
+                if attempt >= self.max_retries or time.monotonic() + wait_s > deadline:
+                    raise self._unavailable(e) from None
+                attempt += 1
+                log.warning("%s: %s, retry %d/%d in %.1fs", self.base_url, type(e).__name__, attempt, self.max_retries, wait_s)
+                time.sleep(wait_s)
+        choice = resp.choices[0]
+        text = choice.message.content or ""
+        reason = choice.finish_reason or "stop"
+        if unit.choices is not None and text not in unit.choices:
+            matched = match_choice(text, unit.choices)
+            if matched is None:
+                log.warning("answer %r matches none of %s", text[:80], list(unit.choices))
+                reason = "unmatched_choice"
+            text = matched or text
+        usage = resp.usage
+        return Completion(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, reason)
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        deadline = time.monotonic() + self.total_timeout_s
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(units))))
+        try:
+            futures = [pool.submit(self._call, u, deadline) for u in units]
+            done, pending = wait(futures, timeout=self.total_timeout_s, return_when=FIRST_EXCEPTION)
+            for f in done:
+                if (e := f.exception()) is not None:
+                    raise e
+            if pending:
+                raise self._unavailable(TimeoutError(f"{len(pending)} requests unfinished after {self.total_timeout_s:.0f}s"))
+            return [f.result() for f in futures]
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)

