@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -210,6 +211,14 @@ def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
     return measure
 
 
+def wandb_group(cfg: DictConfig, task: Task, llm_choice: str) -> str:
+    """Jobs of one multirun share a group (the sweep folder's name); a single run groups by its choices."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"sweep-{Path(hydra_cfg.sweep.dir).name}"
+    return f"{task.name}-{cfg.loop.name}-{llm_choice}"
+
+
 def run_experiment(cfg: DictConfig) -> float:
     """Build everything from the composed config, run the chosen loop, write the summary; return val acc."""
     start = time.perf_counter()
@@ -228,7 +237,7 @@ def run_experiment(cfg: DictConfig) -> float:
     llm_choice = choices.get("llm", "none")
     wandb_run = None
     if cfg.logger.enabled:
-        wandb_run = start_wandb(cfg.logger, config, run_dir, group=f"{task.name}-{cfg.loop.name}-{llm_choice}",
+        wandb_run = start_wandb(cfg.logger, config, run_dir, group=wandb_group(cfg, task, llm_choice),
                                 name=f"{task.name}-{cfg.loop.name}-{llm_choice}-s{cfg.seed}")
     recorder = RunRecorder(run_dir, wandb_run)
     llm = None

@@ -1,10 +1,12 @@
 """End to end through run.py: real MiniLM training on real SST-2, files, W&B offline runs, multirun, errors."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from conftest import TEST_DATA, read_jsonl, run_cli
+from conftest import REPO, TEST_DATA, read_jsonl, run_cli
 
 SMALL = ["loop=gold", "loop.max_test=300", "small_model.max_epochs=2"]
 
@@ -53,7 +55,18 @@ def test_multirun_gives_separate_runs(tmp_path):
         offline = list((d / "wandb").glob("offline-run-*"))
         assert len(offline) == 1
         names.add(offline[0].name)
+        blob = next(offline[0].glob("run-*.wandb")).read_bytes()
+        assert f"sweep-{sweep.name}".encode() in blob  # one W&B group for the whole sweep
+        task = json.loads((d / "summary.json").read_text())["task"]
+        assert f"{task}-gold-smollm2-s0".encode() in blob  # run name from the Hydra choices
     assert len(names) == 2
+    # the offline report builds from these real run dirs alone
+    report = subprocess.run([sys.executable, "-m", "s3.report", str(sweep)], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-2000:]
+    table = (sweep / "report.md").read_text()
+    assert "| sst2 | gold | 1 |" in table and "| rte | gold | 1 |" in table
+    assert (sweep / "final_test_acc.png").stat().st_size > 0 and (sweep / "acc_per_round.png").stat().st_size > 0
 
 
 @pytest.mark.slow
