@@ -116,7 +116,7 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
     budget = L.total_budget if L.total_budget is not None else math.inf
 
     def finish_round(k: int, train_rows: list[dict[str, Any]], batch: Any, usage_before: dict[str, Usage],
-                     extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                     started: float, extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Train from scratch on everything so far, evaluate, measure the gap, write the round."""
         if L.free_llm_between_rounds:
             llm.close()
@@ -126,6 +126,7 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
                    **drop_columns(batch.drops), **llm_columns(used)}
         if gap is not None:
             metrics.update(gap(train_rows))
+        metrics["round_seconds"] = round(time.perf_counter() - started, 2)
         save_round(rounds_dir, k, train_rows, errors, metrics, batch.prompts, extra)
         recorder.log_round(metrics)
         recorder.log_artifact(rounds_dir / f"round_{k}" / "train.jsonl", f"synthetic-{k}")
@@ -136,7 +137,7 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
     start_round = last_complete_round(rounds_dir)
     if start_round is None:
         # Round 0: the seed set D_0 (rationale-guided for S3; plain or few-shot prompts for the baselines).
-        before = llm.usage()
+        started, before = time.perf_counter(), llm.usage()
         rationales = synth.rationales(L.rationale_samples) if L.seed_prompt == "rationale" else None
         size = min(L.seed_size, budget) if L.rounds > 0 else (L.total_budget or L.seed_size)
         batch = synth.seed_set(size, L.seed_prompt, round_=0, rationales=rationales, demos=real.gold_val,
@@ -145,7 +146,7 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
         if not train_rows:
             raise UserError("round 0 produced no usable synthetic examples (every LLM answer was dropped: "
                             f"{dict(batch.drops)}); check the prompts or the LLM")
-        metrics, errors = finish_round(0, train_rows, batch, before, {"rationales.json": rationales or {}})
+        metrics, errors = finish_round(0, train_rows, batch, before, started, {"rationales.json": rationales or {}})
         start_round = 0
     else:
         # Resume: continue after the last complete round with exactly its data and errors.
@@ -168,11 +169,11 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
         if room < len(errors) * L.per_error:
             rng = random.Random(derive_seed(cfg.seed, k, "errors"))
             errors = rng.sample(errors, min(len(errors), math.ceil(room * L.overgenerate / L.per_error)))
-        before = llm.usage()
+        started, before = time.perf_counter(), llm.usage()
         batch = synth.extrapolate(errors, L.per_error, round_=k)
         batch.rows = batch.rows[: int(min(room, len(batch.rows)))]
         train_rows = train_rows + with_ids(batch.rows, k, start=len(train_rows))
-        metrics, errors = finish_round(k, train_rows, batch, before)
+        metrics, errors = finish_round(k, train_rows, batch, before, started)
     return metrics
 
 

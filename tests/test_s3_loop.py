@@ -91,10 +91,15 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, full_run, cache_dir):
 @pytest.mark.slow
 def test_pair_task_runs_one_round(tmp_path, cache_dir):
     run_dir = tmp_path / "rte"
-    proc = run_cli(["task=rte", *TINY, "loop.rounds=1", "loop.sampling.max_tokens=96", f"hydra.run.dir={run_dir}"],
+    overrides = [o for o in TINY if o != "logger=none"]  # this one also logs to W&B (offline)
+    proc = run_cli(["task=rte", *overrides, "loop.rounds=1", "loop.sampling.max_tokens=96", f"hydra.run.dir={run_dir}"],
                    env={"S3_CACHE_DIR": str(cache_dir)})
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert rows[0]["round"] == 0 and rows[0]["n_train"] > 0
+    assert all(r["round_seconds"] >= r["train_seconds"] for r in rows)
     train = read_jsonl(run_dir / "rounds" / f"round_{rows[-1]['round']}" / "train.jsonl")
     assert all(r["text1"] and r["text2"] for r in train)
+    # per-round metrics and each round's synthetic set (as an Artifact) went to the W&B run
+    blob = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+    assert b"gap/mauve" in blob and b"rte-s3-smollm2-s0-synthetic-0" in blob
