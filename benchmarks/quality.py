@@ -21,16 +21,18 @@ from collections import defaultdict
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-import s3.config  # noqa: F401
 from s3.classifier import SmallModelConfig, scores, train_classifier
 from s3.cleaning import Cleaner, CleaningConfig
-from s3.config import REPO_ROOT, default_data_dir
+from s3.config import REPO_ROOT, compose_config, default_data_dir
 from s3.data import Task, load_real_data, load_split, stratified_sample
 
 
-def multirun(out: Path, overrides: list[str]) -> None:
+def multirun(out: Path, overrides: list[str], jobs: int) -> None:
+    """One Hydra multirun of run.py; skipped when ``out`` already holds all its finished runs (re-reporting)."""
+    if len(list(out.rglob("summary.json"))) >= jobs:
+        print(f"reusing {out}", flush=True)
+        return
     cmd = [sys.executable, str(REPO_ROOT / "run.py"), "-m", *overrides, f"hydra.sweep.dir={out}"]
     print("$", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -42,8 +44,9 @@ def mean_std(xs: list[float]) -> str:
 
 def paper_synthetic(task_name: str, small_name: str, n_rows: int, max_test: int, seed: int) -> list[str]:
     """Our small-model pipeline on the authors' published synthetic data (cleaned), next to gold data."""
-    task: Task = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "task" / f"{task_name}.yaml"))
-    small: SmallModelConfig = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "small_model" / f"{small_name}.yaml"))
+    cfg = compose_config([f"task={task_name}", f"small_model={small_name}"])
+    task: Task = instantiate(cfg.task)
+    small: SmallModelConfig = instantiate(cfg.small_model)
     small = dataclasses.replace(small, max_length=256, max_epochs=2)
     data_dir = Path(default_data_dir())
     real = load_real_data(task, data_dir, 200, max_test, seed, need_train=True)
@@ -82,9 +85,10 @@ def main() -> None:
     common = [f"task={args.task}", f"seed={args.seeds}", f"loop.max_test={args.max_test}", "logger=none",
               "gap.vs_train=false", *args.extra.split()]
     start = time.perf_counter()
-    multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={args.budget}"])
+    n_seeds, n_methods = len(args.seeds.split(",")), len(args.methods.split(","))
+    multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={args.budget}"], n_seeds)
     multirun(out / "synthetic", [*common, f"loop={args.methods}", f"loop.total_budget={args.budget}",
-                                 f"loop.seed_size={args.seed_size}", f"loop.rounds={args.rounds}"])
+                                 f"loop.seed_size={args.seed_size}", f"loop.rounds={args.rounds}"], n_seeds * n_methods)
 
     final: dict[str, list[float]] = defaultdict(list)
     curves: dict[int, list[float]] = defaultdict(list)

@@ -14,10 +14,8 @@ import logging
 
 from hydra.utils import instantiate
 
-import s3.config  # noqa: F401
-from omegaconf import OmegaConf
 from s3.classifier import SmallModelConfig, scores, train_classifier
-from s3.config import REPO_ROOT, default_data_dir
+from s3.config import compose_config, default_data_dir
 from s3.data import load_real_data, stratified_sample
 
 
@@ -32,8 +30,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.disable(logging.WARNING)
 
-    task = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "task" / f"{args.task}.yaml"))
-    base: SmallModelConfig = instantiate(OmegaConf.load(REPO_ROOT / "conf" / "small_model" / f"{args.small_model}.yaml"))
+    cfg = compose_config([f"task={args.task}", f"small_model={args.small_model}"])
+    task = instantiate(cfg.task)
+    base: SmallModelConfig = instantiate(cfg.small_model)
     base = dataclasses.replace(base, max_epochs=args.epochs, max_length=512)
     real = load_real_data(task, default_data_dir(), 200, args.max_test, args.seed, need_train=True)
     train = stratified_sample(real.train, args.n_train, args.seed)

@@ -24,3 +24,11 @@ def default_data_dir() -> str:
 
 if not OmegaConf.has_resolver("s3_default_data_dir"):
     OmegaConf.register_new_resolver("s3_default_data_dir", default_data_dir)
+
+
+def compose_config(overrides: list[str] | None = None):
+    """The composed run config without running anything (tests, benchmarks, notebooks)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=overrides or [])

@@ -9,18 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("S3_DATA_DIR", REPO.parent / "shared" / "data"))
 TEST_DATA = REPO / "tests" / "data"
 
-import s3.config  # noqa: E402,F401  (registers resolvers)
-
-
-def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides or [], return_hydra_config=return_hydra_config)
+from s3.config import compose_config  # noqa: E402,F401  (also registers the resolvers)
 
 
 def run_cli(args: list[str], env: dict[str, str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
