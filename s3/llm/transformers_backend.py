@@ -28,7 +28,9 @@ class _RowSampler(LogitsProcessor):
         rng = random.SystemRandom()
         self.rows = [i for i, u in enumerate(units) if u.sampling.temperature > 0]  # others stay greedy
         self.temps = torch.tensor([units[i].sampling.temperature for i in self.rows])[:, None]
-        self.top_ps = [(k, units[i].sampling.top_p) for k, i in enumerate(self.rows) if units[i].sampling.top_p < 1.0]
+        nucleus = [(k, units[i].sampling.top_p) for k, i in enumerate(self.rows) if units[i].sampling.top_p < 1.0]
+        self.top_p_rows = torch.tensor([k for k, _ in nucleus], dtype=torch.long)
+        self.top_ps = torch.tensor([p for _, p in nucleus])[:, None]
         self.gens = [
             torch.Generator().manual_seed(s if (s := units[i].sampling.seed) is not None else rng.randrange(2**31))
             for i in self.rows
@@ -39,10 +41,13 @@ class _RowSampler(LogitsProcessor):
             return scores
         scores = scores.float()
         sub = scores[self.rows].cpu() / self.temps
-        for k, p in self.top_ps:
-            sorted_logits, idx = torch.sort(sub[k], descending=True)
+        if len(self.top_p_rows):  # nucleus filter, all rows in one sort (a per-row loop was half the step time)
+            rows = sub[self.top_p_rows]
+            sorted_logits, idx = torch.sort(rows, descending=True, dim=-1)
             probs = torch.softmax(sorted_logits, -1)
-            sub[k, idx[probs.cumsum(-1) - probs >= p]] = float("-inf")  # keep the smallest prefix whose mass reaches p
+            drop_sorted = probs.cumsum(-1) - probs >= self.top_ps  # keep the smallest prefix whose mass reaches p
+            drop = torch.zeros_like(drop_sorted).scatter_(-1, idx, drop_sorted)
+            sub[self.top_p_rows] = rows.masked_fill(drop, float("-inf"))
         noise = torch.empty_like(sub)
         for k, g in enumerate(self.gens):  # one generator per row: draws independent of the batch
             noise[k].exponential_(generator=g)
