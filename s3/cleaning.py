@@ -129,9 +129,21 @@ def _strip_quotes(text: str) -> str:
     return text
 
 
+# "Improved sentence: …", "New movie review sentence: …", "Output: …" on a later line: small models quote the
+# example they were shown first and then label their own; the text after the last such marker is the new one.
+_NEW_EXAMPLE_MARKER = re.compile(
+    r"(?:^|\n)[^\S\n]*\W*(?:(?:new|improved|edited|revised|rewritten|updated|modified|alternative)(?: [a-z]+){0,3}? "
+    rf"{_META_NOUN}|output(?: [a-z]+){{0,3}})\s*[:：]\W*?(?=\S)",
+    re.I,
+)
+
+
 def clean_text(text: str, extra_labels: Iterable[str] = ()) -> str:
     """Strip assistant framing around one example; returns "" when nothing but framing was there."""
     text = _FENCE_LINE.sub("", text).replace("\r", "")
+    markers = list(_NEW_EXAMPLE_MARKER.finditer(text))
+    if markers and markers[-1].start() > 0:
+        text = re.split(r"\n\s*\n", text[markers[-1].end() :].strip())[0]  # its paragraph; the rest is commentary
     lines = text.split("\n")
     if sum(1 for ln in lines if ln.strip()) > 1:  # a lone bold line is content, not a heading
         lines = [ln for ln in lines if not _HEADING.match(ln)]
@@ -268,6 +280,44 @@ def parse_examples(
     return records if many else records[:1]
 
 
+_ITEM_MARKER = re.compile(r"^\s*(?:(?:[-*•–]+|\(?\d{1,2}\s*[.)]|\d{1,2}\s*-)\s*)+")
+_INLINE_NUMBER = re.compile(r"(?<=[.!?;,])\s+(?=\d{1,2}[.)]\s)")
+# Words that mark talk about the list or the task rather than an item of it ("Sentence 3", "Here are 10 …").
+_META_ITEM = re.compile(
+    r"\b(?:sentences?|reviews?|lists?|listing|here|examples?|following|responses?|reasons?|words?|tips?|"
+    r"items?|ways?|task|user|prompt|i|i'm|i'd|my|me|you|your|let's|alternative|sentiment|genre|subject)\b",
+    re.I,
+)
+
+
+_PHRASE = re.compile(r"^[^\W\d_][^\W_]*(?:['’-][^\W_]+)*(?:,?\s+[^\W_]+(?:['’-][^\W_]+)*)*$")  # words, commas
+
+
+def parse_rationale_items(text: str, max_words: int = 8, exclude: Iterable[str] = ()) -> list[str]:
+    """Short phrases from a rationale answer, with the chatter a small LLM wraps them in removed.
+
+    Small instruct models rarely answer "one short phrase per line": they write "1. **Great acting**: the cast
+    …", number items inline, or pad the list with "Sentence 3: …" and "Here are 10 ways …". An item is the
+    line (or inline-numbered piece) without markers and emphasis; for "head: explanation" it is the head, or
+    the tail when the head is a meta word ("Genre: film noir"). Items that still talk about the task, are too
+    long, or are not plain words are dropped, and so are items naming an ``exclude`` word (the label names: a
+    "negative" item in the positive list contradicts the label): a bad rationale steers every seed written from it.
+    """
+    banned = {normalize(w) for w in exclude if normalize(w)}
+    items: list[str] = []
+    for line in text.replace("\r", "").split("\n"):
+        for piece in _INLINE_NUMBER.split(line):
+            item = _EMPHASIS.sub(r"\2", _ITEM_MARKER.sub("", piece)).strip()
+            head, sep, tail = item.partition(":")
+            if sep:
+                item = tail if (_META_ITEM.search(head) or not head.strip()) else head
+            item = item.strip().strip("\"'*“”‘’`").rstrip(".:;,!").strip()
+            if (1 <= len(item.split()) <= max_words and _PHRASE.match(item) and not _META_ITEM.search(item)
+                    and not banned & set(normalize(item).split())):
+                items.append(item)
+    return items
+
+
 # --------------------------------------------------------------------------------------------------
 # Filtering
 # --------------------------------------------------------------------------------------------------
@@ -290,7 +340,11 @@ _BOILERPLATE = re.compile(
     rf"|^\W*{_ACK}\b[\s,!.]*(?:here|below|i(?:'d| would| will|'ll| can| have)|let me)\b"
     r"|\bas (?:you )?requested\b(?! by)|\brewritten (?:sentence|version|review|text|example|hypothesis)\b"
     r"|\bin an? (?:positive|negative|neutral) (?:style|tone)\b|\b(?:positive|negative) (?:movie )?review for you\b"
-    r"|\bhere is the (?:rewritten|revised|new|requested)\b",
+    r"|\bhere is the (?:rewritten|revised|new|requested)\b"
+    # talk about the example rather than an example: "Your sentence is a great example of…", "Instead of "…""
+    r"|\b(?:the|this|that|your|my|original|given|above|following|previous|improved|edited|revised|rewritten)\s+"
+    r"(?:(?:movie|film|review|new|original|revised|positive|negative|neutral)\s+){0,3}sentences?\b"
+    r"|\b(?:revised|improved|edited|rewritten) (?:version|sentence|review|text|example)\b|\A\W*instead of\b",
     re.I,
 )
 
@@ -395,10 +449,14 @@ class Cleaner:
         fields: Sequence[str],
         label_names: Sequence[str],
         protected_texts: Iterable[str | Mapping[str, str]],
+        meta_phrases: Iterable[str] = (),
     ) -> None:
         self.cfg = cfg
         self.fields = list(fields)
         self.label_names = [normalize(n) for n in label_names]
+        # The task's own framing ("movie review sentence") inside an example is the LLM talking about the task;
+        # real SST-2/IMDb text never contains it. Single words ("tweet") are too common to use this way.
+        self._meta = [f" {normalize(p)} " for p in meta_phrases if len(normalize(p).split()) >= 2]
         self._labels_by_key: dict[str, int] = {}
         self._shingles: list[list[frozenset[int]]] = []
         self._band_index: dict[tuple[int, bytes], list[int]] = {}
@@ -446,6 +504,8 @@ class Cleaner:
         if not all(norms):
             return "empty", norms, []
         kinds = {_boilerplate_kind(t) for t in texts} - {None}
+        if not kinds and any(p in f" {n} " for p in self._meta for n in norms):
+            kinds = {"boilerplate"}
         if kinds:
             return ("refusal" if "refusal" in kinds else "boilerplate"), norms, []
         lengths = [len(n.split()) for n in norms]

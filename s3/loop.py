@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
 import time
 from collections import Counter
@@ -28,7 +27,7 @@ from s3.cleaning import Cleaner, CleaningConfig
 from s3.config import UserError
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
-from s3.synthesis import SamplingConfig, Synthesizer, derive_seed, drop_columns
+from s3.synthesis import SamplingConfig, Synthesizer, drop_columns
 from s3.tracking import (RunRecorder, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl,
                          resolved_config, start_wandb)
 
@@ -111,8 +110,10 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
     rounds_dir = run_dir / "rounds"
     # Leak guard: synthetic copies of gold validation or test texts are dropped. The test set is used for
     # nothing else here: no prompt ever sees it.
-    cleaner = Cleaner(CleaningConfig(**L.cleaning), task.fields, task.labels, real.gold_val + real.test)
-    synth = Synthesizer(llm, task, cleaner, SamplingConfig(**L.sampling), cfg.seed, L.label_check)
+    cleaner = Cleaner(CleaningConfig(**L.cleaning), task.fields, task.labels, real.gold_val + real.test,
+                      meta_phrases=[task.example_kind])
+    synth = Synthesizer(llm, task, cleaner, SamplingConfig(**L.sampling), cfg.seed, L.label_check,
+                        L.label_check_margin)
     budget = L.total_budget if L.total_budget is not None else math.inf
 
     def finish_round(k: int, train_rows: list[dict[str, Any]], batch: Any, usage_before: dict[str, Usage],
@@ -138,7 +139,7 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
     if start_round is None:
         # Round 0: the seed set D_0 (rationale-guided for S3; plain or few-shot prompts for the baselines).
         started, before = time.perf_counter(), llm.usage()
-        rationales = synth.rationales(L.rationale_samples) if L.seed_prompt == "rationale" else None
+        rationales = synth.rationales(L.rationale_samples, L.rationale_max_tokens) if L.seed_prompt == "rationale" else None
         size = min(L.seed_size, budget) if L.rounds > 0 else (L.total_budget or L.seed_size)
         batch = synth.seed_set(size, L.seed_prompt, round_=0, rationales=rationales, demos=real.gold_val,
                                overgenerate=L.overgenerate, max_attempts=L.max_attempts)
@@ -166,12 +167,9 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
         if not errors or room <= 0:
             log.info("stopping before round %d: %s", k, "no validation errors" if not errors else "budget used up")
             break
-        if room < len(errors) * L.per_error:
-            rng = random.Random(derive_seed(cfg.seed, k, "errors"))
-            errors = rng.sample(errors, min(len(errors), math.ceil(room * L.overgenerate / L.per_error)))
         started, before = time.perf_counter(), llm.usage()
-        batch = synth.extrapolate(errors, L.per_error, round_=k)
-        batch.rows = batch.rows[: int(min(room, len(batch.rows)))]
+        batch = synth.extrapolate(errors, L.per_error, round_=k, limit=room, overgenerate=L.overgenerate,
+                                  max_attempts=L.max_attempts)
         train_rows = train_rows + with_ids(batch.rows, k, start=len(train_rows))
         metrics, errors = finish_round(k, train_rows, batch, before, started)
     return metrics

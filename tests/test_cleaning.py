@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from s3.cleaning import DROP_REASONS, Cleaner, CleaningConfig, normalize, parse_examples, summarize_drops
+from s3.cleaning import (
+    DROP_REASONS,
+    Cleaner,
+    CleaningConfig,
+    normalize,
+    parse_examples,
+    parse_rationale_items,
+    summarize_drops,
+)
 
 DATA_DIR = Path(os.environ.get("S3_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no data dir at {DATA_DIR}")
@@ -39,7 +47,8 @@ def single(raw: str, many: bool = False) -> list[str] | None:
 
 
 def cleaner(protected=(), cfg: CleaningConfig | None = None, fields=("text",)) -> Cleaner:
-    return Cleaner(cfg or CleaningConfig(), list(fields), ["negative", "positive"], protected)
+    return Cleaner(cfg or CleaningConfig(), list(fields), ["negative", "positive"], protected,
+                   meta_phrases=["movie review sentence"])
 
 
 def row(text: str, label: int = 1, **extra) -> dict:
@@ -62,6 +71,12 @@ def row(text: str, label: int = 1, **extra) -> dict:
         ("A sharp satire with real bite. Note: the review is 8 words long.", "A sharp satire with real bite."),
         ("A gripping thriller from start to finish. (Word count: 7)", "A gripping thriller from start to finish."),
         ("Here's a rewritten sentence in a positive style: the film is a joy to watch .", "the film is a joy to watch ."),
+        # the example it was shown, then its own under a marker, then commentary (SmolLM2 extrapolations)
+        ('"a grimly competent drama ."\nImproved sentence: "A grimly competent and earnest courtroom drama."',
+         "A grimly competent and earnest courtroom drama."),
+        ('"i laughed once ."\n\nEdited movie sentence: "I barely laughed once."\n\nIn this case, the tone changed.',
+         "I barely laughed once."),
+        ("The film is great.\nNew cast members shine: all of them.", "The film is great.\nNew cast members shine: all of them."),
     ],
 )
 def test_single_text_strips_assistant_framing(raw: str, expected: str) -> None:
@@ -82,6 +97,30 @@ def test_bare_junk_parses_but_cleaner_drops_it() -> None:
 def test_framing_only_is_unparsable() -> None:
     assert single("Here is a positive movie review:") is None
     assert single("   ") is None
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [  # real SmolLM2-135M answers to rationale prompts
+        ("1. **An effective movie with a compelling storyline**: The movie excels at creating an emotional "
+         "connection.\n\n2. **A high-quality cast**: every role is well played.",
+         ["An effective movie with a compelling storyline", "A high-quality cast"]),
+        ("List 10 short reasons for why people like a movie:\n1. Good acting by a skilled and talented director\n"
+         "2. Great storyboarding and presentation\n3. Sam &getcwd",
+         ["Good acting by a skilled and talented director", "Great storyboarding and presentation"]),
+        ("1. Sentence 1: \"The film has a great story\"\n2. Genre: film noir\n3. Here are 10 ways a movie can vary",
+         ["The film has a great story", "film noir"]),
+        ("1. The acting: crucial to its credibility. 2. The plot: the backbone of a film.", ["The acting", "The plot"]),
+        ("Personality Clash - People often find themselves pulled together to create a flawless narrative.", []),
+    ],
+)
+def test_rationale_items_keep_short_phrases_and_drop_chatter(raw: str, expected: list[str]) -> None:
+    assert parse_rationale_items(raw) == expected
+
+
+def test_rationale_items_naming_a_label_are_dropped() -> None:
+    raw = "Positive\nfear of failure\npositive_review_sentence\nA negative twist\nhumour"
+    assert parse_rationale_items(raw, exclude=["negative", "positive"]) == ["fear of failure", "humour"]
 
 
 @pytest.mark.parametrize(
@@ -166,6 +205,11 @@ def test_normalize_is_punctuation_and_tokenisation_blind() -> None:
         ("Certainly, here is the review you wanted: a fine film.", "boilerplate"),
         ("The rewritten sentence is: the film is a joy to watch.", "boilerplate"),
         ("A charming film, written as requested, with great acting.", "boilerplate"),
+        # extrapolation chatter from SmolLM2-135M (quality benchmark runs)
+        ("Your sentence is a great example of improving the original content.", "boilerplate"),
+        ('Instead of "negative", the sentence expresses a positive perception of the characters.', "boilerplate"),
+        ("In a unique twist, this review sentence explores a new aspect of the movie.", "boilerplate"),
+        ("Here we go: a new negative movie review sentence about a dull heist film.", "boilerplate"),
     ],
 )
 def test_drop_reasons(text: str, reason: str) -> None:
@@ -291,7 +335,8 @@ def test_paper_rte_synthetic_premises_do_not_count_as_leaks() -> None:
     shared = [r for r in rows if normalize(r["text1"]) in gold_premises]
     assert len(shared) >= 18  # README: 18 premises of this file also occur in the test set
     kept, drops = cleaner(gold, fields=("text1", "text2")).filter(shared)
-    assert drops["leak"] <= 1 and len(kept) >= len(shared) - 1
+    # one hypothesis of this file is LLM talk ('Based on the given description, the sentence "…" is correct.')
+    assert drops["leak"] <= 1 and drops["boilerplate"] <= 1 and len(kept) >= len(shared) - 2
 
 
 # ---------------------------------------------------------------------------------------------- paper data

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from s3.config import compose_config
 from s3.llm import CachedLLM, build_llm
 from s3.llm.base import (
     LLM,
@@ -235,6 +236,34 @@ def test_choices_return_one_of_them(smollm2: LLM) -> None:
     out = smollm2.generate([SENTIMENT, ChatRequest(SENTIMENT.messages, Sampling(temperature=1.0, seed=0, n=3), SENTIMENT.choices)])
     assert out[0][0].text == "positive"  # an easy one: greedy log-likelihood gets it
     assert all(c.text in SENTIMENT.choices for c in out[1])
+
+
+@pytest.mark.slow
+def test_choices_carry_their_log_likelihood(smollm2: LLM, tmp_path: Path) -> None:
+    one = ChatRequest(SENTIMENT.messages, Sampling(temperature=0), ("positive",))
+    both, single = smollm2.generate([SENTIMENT, one])
+    assert both[0].logprob is not None and both[0].logprob < 0
+    assert single[0].logprob == pytest.approx(both[0].logprob, abs=1e-3)  # the chosen one's score
+    cached = CachedLLM(smollm2, tmp_path)
+    assert cached.generate([one])[0][0].logprob == cached.generate([one])[0][0].logprob == single[0].logprob
+
+
+@pytest.mark.slow
+def test_channel_label_check_tells_real_labels_from_flipped_ones(smollm2: LLM, data_dir: Path) -> None:
+    """The noisy-channel check on 80 real SST-2 validation rows: right labels kept far more often than flipped ones."""
+    from hydra.utils import instantiate
+
+    from s3.cleaning import Cleaner, CleaningConfig
+    from s3.data import load_split
+    from s3.synthesis import SamplingConfig, Synthesizer
+
+    task = instantiate(compose_config(["task=sst2"]).task)
+    rows = load_split(task, "validation", data_dir)[:80]
+    synth = Synthesizer(smollm2, task, Cleaner(CleaningConfig(), task.fields, task.labels, []), SamplingConfig(),
+                        seed=0, label_check="channel", label_check_margin=1.0)
+    kept_right = sum(synth.check_labels(rows)) / len(rows)
+    kept_flipped = sum(synth.check_labels([{**r, "label": 1 - r["label"]} for r in rows])) / len(rows)
+    assert kept_right >= 0.75 and kept_right - kept_flipped >= 0.2, (kept_right, kept_flipped)
 
 
 @pytest.mark.slow

@@ -83,6 +83,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    # log P(text | prompt) for constrained choices, from backends that score (transformers); None elsewhere
+    logprob: float | None = None
 
 
 @dataclass

@@ -35,7 +35,8 @@ def cache_key(llm_name: str, request: ChatRequest, index: int) -> str:
         "v": KEY_VERSION,
         "llm": llm_name,
         "messages": request.as_dicts(),
-        "choices": list(request.choices) if request.choices is not None else None,
+        # v2 of choice entries: they carry the choice's log-likelihood (Completion.logprob)
+        "choices": {"v": 2, "options": list(request.choices)} if request.choices is not None else None,
         "temperature": s.temperature,
         # Greedy decoding ignores top_p and the seed: share those entries.
         "top_p": None if greedy else s.top_p,

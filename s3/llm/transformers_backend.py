@@ -178,7 +178,8 @@ class TransformersLLM(LLM):
                 g = torch.Generator().manual_seed(u.sampling.seed if u.sampling.seed is not None else random.randrange(2**31))
                 k = int(torch.multinomial(torch.softmax(scores / u.sampling.temperature, -1), 1, generator=g))
             choice = u.choices[k]  # type: ignore[index]
-            results.append(Completion(choice, len(p), len(self.tokenizer(choice, add_special_tokens=False)["input_ids"]), "stop"))
+            results.append(Completion(choice, len(p), len(self.tokenizer(choice, add_special_tokens=False)["input_ids"]),
+                                      "stop", logprob=float(scores[k])))
         return results
 
     def close(self) -> None:

@@ -1,0 +1,97 @@
+"""Synthesizer logic with a scripted LLM (fast, no models): rationale parsing and the extrapolation refill."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Sequence
+
+import pytest
+from hydra.utils import instantiate
+
+from s3.cleaning import Cleaner, CleaningConfig
+from s3.config import UserError, compose_config
+from s3.llm import LLM, ChatRequest, Completion
+from s3.synthesis import SamplingConfig, Synthesizer
+
+VOCAB = [f"{a}{b}" for a in ("bra", "dul", "fen", "gor", "lim", "mor", "pel", "tas") for b in "aeiouyxz"]
+
+
+class ScriptedLLM(LLM):
+    """Half of its answers are assistant chatter (cleaning drops them), the rest distinct sentences."""
+
+    name = "scripted"
+
+    def __init__(self, rationale: str = "") -> None:
+        super().__init__()
+        self.rationale = rationale
+        self.seen: list[ChatRequest] = []
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        self.seen.extend(units)
+        out = []
+        for u in units:
+            if "List" in u.messages[-1].content:
+                out.append(Completion(self.rationale, 3, 3, "stop"))
+                continue
+            rng = random.Random(u.sampling.seed)
+            junk = rng.random() < 0.5
+            text = "Sure! Here is a new sentence:" if junk else " ".join(rng.choice(VOCAB) for _ in range(10))
+            out.append(Completion(text, 3, 3, "stop"))
+        return out
+
+
+def synthesizer(llm: LLM) -> Synthesizer:
+    cfg = compose_config(["task=sst2"])
+    task = instantiate(cfg.task)
+    cleaner = Cleaner(CleaningConfig(), task.fields, task.labels, [], meta_phrases=[task.example_kind])
+    return Synthesizer(llm, task, cleaner, SamplingConfig(max_tokens=16), seed=0, label_check=False)
+
+
+ERRORS = [{"id": f"val-{i}", "text": f"a real example number {i}", "label": i % 2} for i in range(10)]
+
+
+def test_extrapolation_refills_what_cleaning_dropped_up_to_the_limit() -> None:
+    batch = synthesizer(ScriptedLLM()).extrapolate(ERRORS, per_error=3, round_=1, limit=20, overgenerate=1.2)
+    assert len(batch.rows) == 20
+    assert batch.drops["unparsable"] > 0  # the chatter was dropped and made up for
+    sources = Counter(r["source"] for r in batch.rows)
+    assert set(sources) <= {f"extrapolated-from-val-{i}" for i in range(10)}
+    by_id = {f"extrapolated-from-{e['id']}": e["label"] for e in ERRORS}
+    assert all(r["label"] == by_id[r["source"]] for r in batch.rows)  # each row keeps its error's gold label
+
+
+def test_extrapolation_without_limit_aims_at_per_error_rows_per_error() -> None:
+    llm = ScriptedLLM()
+    batch = synthesizer(llm).extrapolate(ERRORS, per_error=3, round_=1)
+    first = Counter(next(e["id"] for e in ERRORS if f'"{e["text"]}"' in u.messages[-1].content)
+                    for u in llm.seen[: len(ERRORS) * 3])
+    assert first == {e["id"]: 3 for e in ERRORS}  # attempt 0: every error, per_error samples each (the paper)
+    assert len(llm.seen) > 30 and len(batch.rows) == 30  # dropped answers re-asked, the batch cut to the target
+
+
+def test_extrapolation_is_deterministic() -> None:
+    a = synthesizer(ScriptedLLM()).extrapolate(ERRORS, per_error=2, round_=2, limit=12)
+    b = synthesizer(ScriptedLLM()).extrapolate(ERRORS, per_error=2, round_=2, limit=12)
+    assert [r["text"] for r in a.rows] == [r["text"] for r in b.rows]
+
+
+def test_rationales_pool_parsed_items_and_fall_back_to_label_descriptions() -> None:
+    llm = ScriptedLLM("1. **Great acting**: the cast shines\n2. Sentence 3: positive\n3. a clever plot")
+    rationales = synthesizer(llm).rationales(samples=2)
+    assert rationales["labels"]["positive"] == ["Great acting", "a clever plot"]
+    assert rationales["variations"] == ["Great acting", "a clever plot"]
+    empty = synthesizer(ScriptedLLM("Here are 10 ways a sentence can vary:")).rationales(samples=1)
+    assert empty["labels"]["negative"] == ["the sentence expresses a negative opinion of the movie"]
+
+
+def test_channel_check_needs_scores_auto_falls_back_to_relabelling() -> None:
+    rows = [{"text": "a warm and witty film", "label": 1}]
+    llm = ScriptedLLM()
+    synth = synthesizer(llm)
+    synth.label_check = "channel"
+    with pytest.raises(UserError, match="scores text"):
+        synth.check_labels(rows)
+    synth.label_check = "auto"
+    synth.check_labels(rows)  # the scripted backend answers with text, not a label: counts as disagreement
+    assert synth.label_check == "choice" and "relabel" in llm.usage()
