@@ -5,7 +5,7 @@ Runs the harness itself (Hydra multiruns of run.py): `gold` (the same number of 
 the per-round curve of s3, and (unless --skip-paper) our pipeline trained on the paper's published synthetic
 data (IMDb, RTE) next to gold data of the same size. Last line: s3_minus_zerogen=<points>.
 
-    .venv/bin/python benchmarks/quality.py [--seeds 0,1,2] [--budget 400] [--max-test 1000] [--skip-paper]
+    .venv/bin/python benchmarks/quality.py [--seeds 0,1,2] [--budget 400] [--max-test 1000] [--ablations] [--skip-paper]
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="more Hydra overrides for every run, space separated")
     ap.add_argument("--s3-extra", default="", help="more Hydra overrides for the s3 runs only (e.g. loop.per_error=2)")
     ap.add_argument("--skip-paper", action="store_true")
+    ap.add_argument("--ablations", action="store_true", help="also: s3 without rationales, zerogen + label check")
     ap.add_argument("--paper-rows", type=int, default=1500, help="rows sampled from paper data and from gold")
     args = ap.parse_args()
 
@@ -94,18 +95,30 @@ def main() -> None:
     if baselines:  # one-shot methods: the whole budget in round 0
         multirun(out / "baselines", [*common, f"loop={','.join(baselines)}", f"loop.total_budget={args.budget}"],
                  n_seeds * len(baselines))
+    # Equal budget: the seed set, then the rest split evenly over the extrapolation rounds, so that every round
+    # gets feedback (uncapped, round 1 alone would use up the budget whenever there are many errors).
+    per_round = (args.budget - args.seed_size) // max(args.rounds, 1)
+    s3_args = [f"loop.total_budget={args.budget}", f"loop.seed_size={args.seed_size}", f"loop.rounds={args.rounds}",
+               f"loop.max_new_per_round={per_round}", *args.s3_extra.split()]
     if "s3" in methods:
-        multirun(out / "s3", [*common, "loop=s3", f"loop.total_budget={args.budget}", f"loop.seed_size={args.seed_size}",
-                              f"loop.rounds={args.rounds}", *args.s3_extra.split()], n_seeds)
+        multirun(out / "s3", [*common, "loop=s3", *s3_args], n_seeds)
+    ablations = {  # label -> overrides; which part of S3 moves the number
+        "s3 without rationales (ZeroGen seed set)": ["loop=s3_no_rationale", *s3_args],
+        "zerogen + label check": ["loop=zerogen", f"loop.total_budget={args.budget}", "loop.label_check=auto"],
+    } if args.ablations else {}
+    for k, (label, overrides) in enumerate(ablations.items()):
+        multirun(out / f"ablation_{k}", [*common, *overrides], n_seeds)
 
     final: dict[str, list[float]] = defaultdict(list)
     curves: dict[int, list[float]] = defaultdict(list)
     sizes: dict[str, list[int]] = defaultdict(list)
     for summary_path in sorted(out.rglob("summary.json")):
         summary = json.loads(summary_path.read_text())
-        final[summary["loop"]].append(summary["test_acc"])
-        sizes[summary["loop"]].append(summary["n_train"])
-        if summary["loop"] == "s3":
+        group = summary_path.parent.parent.name
+        method = list(ablations)[int(group.split("_")[1])] if group.startswith("ablation_") else summary["loop"]
+        final[method].append(summary["test_acc"])
+        sizes[method].append(summary["n_train"])
+        if method == "s3":
             for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines():
                 row = json.loads(line)
                 curves[row["round"]].append(row["test_acc"])
@@ -113,7 +126,7 @@ def main() -> None:
     print(f"\n{args.task}, budget {args.budget}, seeds {args.seeds}, test rows <= {args.max_test}, "
           f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - start:.0f} s")
     print("| method | test acc (mean ± std) | train rows (mean) | runs |\n|---|---|---|---|")
-    for method in methods:
+    for method in [*methods, *ablations]:
         if final[method]:
             print(f"| {method} | {mean_std(final[method])} | {statistics.mean(sizes[method]):.0f} | "
                   f"{len(final[method])} |")
