@@ -344,7 +344,7 @@ _BOILERPLATE = re.compile(
     # talk about the example rather than an example: "Your sentence is a great example of…", "Instead of "…""
     r"|\b(?:the|this|that|your|my|original|given|above|following|previous|improved|edited|revised|rewritten)\s+"
     r"(?:(?:movie|film|review|new|original|revised|positive|negative|neutral)\s+){0,3}sentences?\b"
-    r"|\b(?:revised|improved|edited|rewritten) (?:version|sentence|review|text|example)\b|\A\W*instead of\b",
+    r"|\b(?:revised|improved|edited|rewritten) (?:version|sentence|review|text|example)\b|\A\W*instead of [\"“']",
     re.I,
 )
 
