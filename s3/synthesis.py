@@ -202,7 +202,8 @@ class Synthesizer:
         for job, completions in zip(jobs, self.llm.generate(requests, call_site=call_site)):
             for completion in completions:
                 out.generated += 1
-                parsed = parse_examples(completion.text, self.task.fields, self.task.field_labels, many=False)
+                parsed = parse_examples(completion.text, self.task.fields, self.task.field_labels, many=False,
+                                        one_line=self.task.one_line)
                 if not parsed:
                     out.drops["unparsable"] += 1
                     continue
