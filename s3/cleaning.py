@@ -138,12 +138,8 @@ _NEW_EXAMPLE_MARKER = re.compile(
 )
 
 
-def clean_text(text: str, extra_labels: Iterable[str] = (), one_line: bool = False) -> str:
-    """Strip assistant framing around one example; returns "" when nothing but framing was there.
-
-    ``one_line``: the example is the first line left after the framing; what follows is commentary or more
-    examples (a one-sentence task's answer rarely continues the sentence on a new line).
-    """
+def clean_text(text: str, extra_labels: Iterable[str] = ()) -> str:
+    """Strip assistant framing around one example; returns "" when nothing but framing was there."""
     text = _FENCE_LINE.sub("", text).replace("\r", "")
     markers = list(_NEW_EXAMPLE_MARKER.finditer(text))
     if markers and markers[-1].start() > 0:
@@ -159,8 +155,6 @@ def clean_text(text: str, extra_labels: Iterable[str] = (), one_line: bool = Fal
         for pattern in (_LEAD_ACK, _LEAD_HERE, label_prefix):
             text = pattern.sub("", text, count=1).strip()
         text = _strip_quotes(text)
-    if one_line:
-        text = _strip_quotes(text.split("\n", 1)[0].strip())
     text = _WORD_COUNT.sub("", text)
     text = _TRAILING_META.sub("", text).strip()
     return _strip_quotes(re.sub(r"[ \t]+", " ", text).strip())
@@ -255,15 +249,14 @@ def _labelled_records(raw: str, fields: Sequence[str], keys: Mapping[str, set[st
 
 
 def parse_examples(
-    raw: str, fields: Sequence[str], field_labels: Mapping[str, str], many: bool, one_line: bool = False
+    raw: str, fields: Sequence[str], field_labels: Mapping[str, str], many: bool
 ) -> list[dict[str, str]] | None:
     """Examples found in one LLM answer, or None when nothing usable parses (the caller counts `unparsable`).
 
     Single-text tasks take the whole answer as one example (`many=False`, the first item if the model answered
     with a list anyway) or split a list answer into items (`many=True`). Pair tasks read JSON (fenced, embedded,
     a list of objects; keys matched case-insensitively to field names or their prose labels) and fall back to
-    labelled lines. ``one_line`` keeps a single-text answer's first line (see :func:`clean_text`). Text is only
-    un-framed here; whether it is any good is the :class:`Cleaner`'s call.
+    labelled lines. Text is only un-framed here; whether it is any good is the :class:`Cleaner`'s call.
     """
     labels = [field_labels.get(f, f) for f in fields]
     keys = {f: {_key(f), _key(field_labels.get(f, f))} for f in fields}
@@ -279,7 +272,7 @@ def parse_examples(
         if many or sum(1 for ln in raw.split("\n") if _LIST_MARKER.match(ln)) >= 2:
             texts = [clean_text(item, labels) for item in _split_items(raw)]
         else:
-            texts = [clean_text(raw, labels, one_line)]
+            texts = [clean_text(raw, labels)]
         records = [{fields[0]: t} for t in texts]
     records = [r for r in records if all(r.get(f) for f in fields)]
     if not records:

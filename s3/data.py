@@ -51,7 +51,6 @@ class Task:
     label_descriptions: dict[str, str] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)  # templates, see conf/prompts/ and s3/prompts.py
     max_tokens: int = 160  # LLM tokens that fit one example (SST-2 sentence ~64, IMDb review ~400)
-    one_line: bool = False  # examples never span lines (SST-2 sentences): later lines of an answer are LLM talk
     hub: HubSource | None = None
 
     def __post_init__(self) -> None:

@@ -202,8 +202,7 @@ class Synthesizer:
         for job, completions in zip(jobs, self.llm.generate(requests, call_site=call_site)):
             for completion in completions:
                 out.generated += 1
-                parsed = parse_examples(completion.text, self.task.fields, self.task.field_labels, many=False,
-                                        one_line=self.task.one_line)
+                parsed = parse_examples(completion.text, self.task.fields, self.task.field_labels, many=False)
                 if not parsed:
                     out.drops["unparsable"] += 1
                     continue

@@ -88,23 +88,6 @@ def test_multi_paragraph_review_is_kept_whole() -> None:
     assert single(review) == [review]
 
 
-@pytest.mark.parametrize(
-    "raw, expected",
-    [  # SmolLM2 answers to SST-2 prompts (one_line task): the sentence, then talk or more sentences
-        ("The movie was light-hearted and happy.\n\nRefinements: \"The movie was very exciting and fun.\"",
-         "The movie was light-hearted and happy."),
-        ("Sure! Here is one:\n\n\"A bold, moving story.\"\nThis rewording avoids the original's tone.",
-         "A bold, moving story."),
-        ("The film had a poor narrative.\nIn other words, the film had a soulless story.", "The film had a poor narrative."),
-        ('"i laughed once ."\n\nEdited movie sentence: "I barely laughed once."\nIt is shorter.', "I barely laughed once."),
-    ],
-)
-def test_one_line_task_keeps_the_first_line(raw: str, expected: str) -> None:
-    rows = parse_examples(raw, *SINGLE, many=False, one_line=True)
-    assert [r["text"] for r in rows] == [expected]
-    assert single(raw) != [expected]  # without one_line the later lines stay
-
-
 def test_bare_junk_parses_but_cleaner_drops_it() -> None:
     assert single("comedy") == ["comedy"]
     kept, drops = cleaner().filter([row("comedy")])
