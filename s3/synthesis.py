@@ -232,25 +232,27 @@ class Synthesizer:
         """
         if self.label_check == "choice":
             return self._choice_check(rows)
-        labels = range(len(self.task.labels))
-        prompts = [self.book.messages("zerogen", **self.book.label_fields(k)) for k in labels]
-        requests = [ChatRequest.from_messages(prompts[k], Sampling(temperature=0.0, max_tokens=8),
-                                              choices=[self.book.example(r)]) for r in rows for k in labels]
-        answers = self.llm.generate(requests, call_site="label_check")
-        scores = [a[0].logprob for a in answers]
-        if any(x is None for x in scores):
+        scores = self.channel_scores(rows)
+        if scores is None:
             if self.label_check == "auto":  # servers and vLLM: re-label instead (fine for the large LLMs they run)
                 log.info("label check: %s returns no log-likelihoods; using the constrained-choice check", self.llm.name)
                 self.label_check = "choice"
                 return self._choice_check(rows)
             raise UserError(f"loop.label_check=channel needs an LLM backend that scores text (llm=smollm2 or "
                             f"llm=transformers); {self.llm.name} returns no log-likelihoods. Use auto or choice.")
-        agree = []
-        for i, row in enumerate(rows):
-            own = scores[i * len(labels) + row["label"]]
-            best_other = max(scores[i * len(labels) + k] for k in labels if k != row["label"])
-            agree.append(own - best_other >= -self.label_check_margin)  # type: ignore[operator]
-        return agree
+        return [max(s[k] for k in range(len(s)) if k != r["label"]) - s[r["label"]] <= self.label_check_margin
+                for r, s in zip(rows, scores)]
+
+    def channel_scores(self, rows: Sequence[dict[str, Any]]) -> list[list[float]] | None:
+        """Per row, log P(row | the task's ZeroGen prompt for label k) for every k; None when the LLM can't score."""
+        labels = range(len(self.task.labels))
+        prompts = [self.book.messages("zerogen", **self.book.label_fields(k)) for k in labels]
+        requests = [ChatRequest.from_messages(prompts[k], Sampling(temperature=0.0, max_tokens=8),
+                                              choices=[self.book.example(r)]) for r in rows for k in labels]
+        flat = [a[0].logprob for a in self.llm.generate(requests, call_site="label_check")]
+        if any(x is None for x in flat):
+            return None
+        return [flat[i : i + len(labels)] for i in range(0, len(flat), len(labels))]  # type: ignore[misc]
 
     def _choice_check(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
         requests = [ChatRequest.from_messages(self.book.messages("relabel", example=self.book.example(r)),
