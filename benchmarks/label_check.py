@@ -23,13 +23,13 @@ from s3.synthesis import SamplingConfig, Synthesizer
 
 
 def report(name: str, scores: list[list[float]], labels: list[int], margins: list[float]) -> None:
+    # gap > 0: another label explains the row better than its own, by that many nats
+    gaps = [max(v for k, v in enumerate(s) if k != y) - s[y] for s, y in zip(scores, labels)]
     n = len(labels)
-    acc = sum(max(range(len(s)), key=s.__getitem__) == y for s, y in zip(scores, labels)) / n
+    acc = sum(g < 0 for g in gaps) / n
     cells = []
-    for m in margins:
-        right = sum(max(v for k, v in enumerate(s) if k != y) - s[y] <= m for s, y in zip(scores, labels)) / n
-        flipped = sum(s[y] - max(v for k, v in enumerate(s) if k != y) <= m for s, y in zip(scores, labels)) / n
-        cells.append(f"{100 * right:.0f}/{100 * flipped:.0f}")  # binary tasks: flipped = the other label
+    for m in margins:  # binary tasks: the flipped label's gap is -gap
+        cells.append(f"{100 * sum(g <= m for g in gaps) / n:.0f}/{100 * sum(-g <= m for g in gaps) / n:.0f}")
     print(f"| {name} | {100 * acc:.1f} | " + " | ".join(cells) + " |", flush=True)
 
 
