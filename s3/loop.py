@@ -113,7 +113,8 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
     cleaner = Cleaner(CleaningConfig(**L.cleaning), task.fields, task.labels, real.gold_val + real.test,
                       meta_phrases=[task.example_kind])
     synth = Synthesizer(llm, task, cleaner, SamplingConfig(**L.sampling), cfg.seed, L.label_check,
-                        L.label_check_margin)
+                        L.label_check_margin, embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 else None,
+                        min_source_similarity=L.min_source_similarity)
     budget = L.total_budget if L.total_budget is not None else math.inf
 
     def finish_round(k: int, train_rows: list[dict[str, Any]], batch: Any, usage_before: dict[str, Usage],
@@ -187,14 +188,20 @@ def llm_columns(used: dict[str, Usage]) -> dict[str, float]:
     return cols
 
 
+def sentence_embedder(cfg: DictConfig) -> Any:
+    """The gap metrics' sentence embedder (also the extrapolation similarity check), cached on disk."""
+    from s3.embed import SentenceEmbedder
+
+    return SentenceEmbedder(cfg.gap.embedder, cache_dir=str(Path(cfg.paths.cache_dir) / "embeddings"))
+
+
 def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
     """A function train_rows -> gap/* and div/* columns, or None when ``gap.enabled`` is false."""
     if not cfg.gap.enabled:
         return None
-    from s3.embed import SentenceEmbedder
     from s3.gap import compute_gap
 
-    embedder = SentenceEmbedder(cfg.gap.embedder, cache_dir=str(Path(cfg.paths.cache_dir) / "embeddings"))
+    embedder = sentence_embedder(cfg)
     real_texts = [task.text_of(r) for r in real.gold_val]
     real_labels = [r["label"] for r in real.gold_val]
     train = real.train if cfg.gap.vs_train else None

@@ -24,7 +24,7 @@ from s3.prompts import PromptBook, prompt_hash
 
 log = logging.getLogger(__name__)
 
-EXTRA_DROP_REASONS = ("unparsable", "label_disagree", "over_quota")
+EXTRA_DROP_REASONS = ("unparsable", "off_source", "label_disagree", "over_quota")
 
 
 def drop_columns(drops: Counter) -> dict[str, int]:
@@ -71,6 +71,7 @@ class Job:
     messages: list[dict[str, str]]
     label: int
     source: str
+    reference: str | None = None  # error extrapolation: the real example its rows should be like
 
 
 LABEL_CHECKS = ("none", "choice", "channel", "auto")
@@ -78,8 +79,12 @@ LABEL_CHECKS = ("none", "choice", "channel", "auto")
 
 class Synthesizer:
     def __init__(self, llm: LLM, task: Task, cleaner: Cleaner, sampling: SamplingConfig, seed: int,
-                 label_check: str | bool = "none", label_check_margin: float = 1.0):
+                 label_check: str | bool = "none", label_check_margin: float = 1.0,
+                 embedder: Any = None, min_source_similarity: float = 0.0):
         self.llm, self.task, self.cleaner, self.sampling = llm, task, cleaner, sampling
+        if min_source_similarity > 0 and embedder is None:
+            raise ValueError("min_source_similarity > 0 needs a sentence embedder")
+        self.embedder, self.min_source_similarity = embedder, min_source_similarity
         self.book = PromptBook(task)
         self.seed = seed
         self.label_check = {False: "none", True: "choice"}.get(label_check, label_check)  # type: ignore[call-overload]
@@ -181,7 +186,7 @@ class Synthesizer:
             asked.update(e["id"] for e in chosen)
             jobs = [Job(self.book.messages("extrapolate", example=self.book.example(e),
                                            **self.book.label_fields(e["label"])),
-                        e["label"], f"extrapolated-from-{e['id']}") for e in chosen]
+                        e["label"], f"extrapolated-from-{e['id']}", self.task.text_of(e)) for e in chosen]
             out.extend(self.run_jobs(jobs, samples=per_error, round_=round_, call_site="extrapolate", attempt=attempt))
         if len(out.rows) > target:
             out.drops["over_quota"] += len(out.rows) - int(target)
@@ -198,7 +203,7 @@ class Synthesizer:
                                 seed=derive_seed(self.seed, round_, call_site, attempt, i))
             requests.append(ChatRequest.from_messages(job.messages, sampling))
             out.prompts[prompt_hash(job.messages)] = job.messages
-        candidates = []
+        candidates, references = [], {}
         for job, completions in zip(jobs, self.llm.generate(requests, call_site=call_site)):
             for completion in completions:
                 out.generated += 1
@@ -208,8 +213,13 @@ class Synthesizer:
                     continue
                 candidates.append({**{f: parsed[0][f] for f in self.task.fields}, "label": job.label,
                                    "round": round_, "source": job.source, "prompt_hash": prompt_hash(job.messages)})
+                references[id(candidates[-1])] = job.reference
         kept, drops = self.cleaner.filter(candidates)
         out.drops.update(drops)
+        if self.min_source_similarity > 0 and kept:
+            near = self.near_source(kept, [references[id(row)] for row in kept])
+            out.drops["off_source"] += near.count(False)
+            kept = [row for row, ok in zip(kept, near) if ok]
         if self.label_check != "none" and kept:
             agree = self.check_labels(kept)
             out.drops["label_disagree"] += agree.count(False)
@@ -218,6 +228,22 @@ class Synthesizer:
         log.info("%s (round %d, attempt %d): %d prompts -> %d answers -> %d kept; dropped %s", call_site, round_,
                  attempt, len(jobs), out.generated, len(kept), dict(out.drops))
         return out
+
+    def near_source(self, rows: Sequence[dict[str, Any]], references: Sequence[str | None]) -> list[bool]:
+        """True where a row is like the real example it was extrapolated from (or has none).
+
+        "Like it" is cosine similarity of sentence embeddings of at least ``min_source_similarity``. A small LLM
+        asked for "a new sentence like this one" often drifts to a generic one; such a row does not sample the
+        region of the real distribution where the small model failed, which is the point of extrapolation.
+        """
+        pairs = [(i, self.task.text_of(row), ref) for i, (row, ref) in enumerate(zip(rows, references)) if ref]
+        ok = [True] * len(rows)
+        if pairs:
+            new = self.embedder.embed([text for _, text, _ in pairs])
+            old = self.embedder.embed([ref for _, _, ref in pairs])
+            for (i, _, _), sim in zip(pairs, (new * old).sum(1)):
+                ok[i] = bool(sim >= self.min_source_similarity)
+        return ok
 
     def check_labels(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
         """True where the LLM's judgement agrees with a row's intended label.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Sequence
+from typing import Any, Sequence
+
+import numpy as np
 
 import pytest
 from hydra.utils import instantiate
@@ -41,11 +43,40 @@ class ScriptedLLM(LLM):
         return out
 
 
-def synthesizer(llm: LLM) -> Synthesizer:
+def synthesizer(llm: LLM, **kwargs: Any) -> Synthesizer:
     cfg = compose_config(["task=sst2"])
     task = instantiate(cfg.task)
     cleaner = Cleaner(CleaningConfig(), task.fields, task.labels, [], meta_phrases=[task.example_kind])
-    return Synthesizer(llm, task, cleaner, SamplingConfig(max_tokens=16), seed=0, label_check=False)
+    return Synthesizer(llm, task, cleaner, SamplingConfig(max_tokens=16), seed=0, label_check=False, **kwargs)
+
+
+class EchoLLM(LLM):
+    """Answers an extrapolation prompt with its example plus new words half the time, else unrelated words."""
+
+    name = "echo"
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        out = []
+        for u in units:
+            rng = random.Random(u.sampling.seed)
+            example = u.messages[-1].content.split('"')[3]  # the quoted real example
+            words = " ".join(rng.choice(VOCAB) for _ in range(4))
+            text = f"{example} {words}" if rng.random() < 0.5 else f"{words} {' '.join(rng.sample(VOCAB, 6))}"
+            out.append(Completion(text, 3, 3, "stop"))
+        return out
+
+
+class BagOfWords:
+    """A stand-in sentence embedder: normalised word counts (cosine = word overlap)."""
+
+    vocab = {w: i for i, w in enumerate(sorted({*VOCAB, *"a real example number".split(), *map(str, range(10))}))}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), len(self.vocab)), dtype=np.float32)
+        for row, text in zip(out, texts):
+            for w in text.split():
+                row[self.vocab[w]] += 1
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 ERRORS = [{"id": f"val-{i}", "text": f"a real example number {i}", "label": i % 2} for i in range(10)]
@@ -68,6 +99,17 @@ def test_extrapolation_without_limit_aims_at_per_error_rows_per_error() -> None:
                     for u in llm.seen[: len(ERRORS) * 3])
     assert first == {e["id"]: 3 for e in ERRORS}  # attempt 0: every error, per_error samples each (the paper)
     assert len(llm.seen) > 30 and len(batch.rows) == 30  # dropped answers re-asked, the batch cut to the target
+
+
+def test_extrapolated_rows_unlike_their_source_are_dropped_and_made_up_for() -> None:
+    synth = synthesizer(EchoLLM(), embedder=BagOfWords(), min_source_similarity=0.5)
+    batch = synth.extrapolate(ERRORS, per_error=2, round_=1, limit=16)
+    assert len(batch.rows) == 16 and batch.drops["off_source"] > 0
+    sources = {f"extrapolated-from-{e['id']}": e["text"] for e in ERRORS}
+    assert all(r["text"].startswith(sources[r["source"]]) for r in batch.rows)  # only the echoes were kept
+    unchecked = synthesizer(EchoLLM()).extrapolate(ERRORS, per_error=2, round_=1, limit=16)
+    assert not all(r["text"].startswith(sources[r["source"]]) for r in unchecked.rows)
+    assert unchecked.drops["off_source"] == 0
 
 
 def test_extrapolation_is_deterministic() -> None:
