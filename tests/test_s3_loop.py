@@ -11,6 +11,7 @@ import pytest
 
 from conftest import DATA_DIR, REPO, read_jsonl, run_cli
 from s3.cleaning import normalize
+from s3.embed import SentenceEmbedder
 
 TINY = ["loop=s3", "loop.seed_size=24", "loop.per_error=1", "loop.max_new_per_round=12", "loop.num_gold_val=40",
         "loop.max_test=100", "loop.sampling.max_tokens=64", "loop.rationale_samples=1", "small_model.max_epochs=2",
@@ -37,7 +38,7 @@ def test_rounds_metrics_and_provenance(full_run):
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows:
         for key in ("n_new", "n_train", "val_acc", "val_f1", "test_acc", "test_f1", "n_errors", "train_seconds",
-                    "drop/refusal", "drop/leak", "llm/backend_calls", "gap/mauve", "div/distinct2"):
+                    "drop/refusal", "drop/leak", "drop/off_source", "llm/backend_calls", "gap/mauve", "div/distinct2"):
             assert key in r, key
     assert rows[0]["n_train"] > 0 and rows[1]["n_train"] == rows[0]["n_train"] + rows[1]["n_new"]
     round0_errors = {e["id"] for e in read_jsonl(full_run / "rounds" / "round_0" / "errors.jsonl")}
@@ -51,6 +52,19 @@ def test_rounds_metrics_and_provenance(full_run):
     summary = json.loads((full_run / "summary.json").read_text())
     assert summary["loop"] == "s3" and summary["llm"]["backend_calls"] > 0 and summary["n_train"] == rows[-1]["n_train"]
     assert json.loads((full_run / "rounds" / "round_0" / "rationales.json").read_text())["labels"]
+
+
+@pytest.mark.slow
+def test_extrapolated_rows_are_like_their_source_error(full_run, cache_dir):
+    config = (full_run / "config.yaml").read_text()
+    threshold = float(next(ln.split(":")[1] for ln in config.splitlines() if "min_source_similarity" in ln))
+    assert threshold > 0  # the default config checks it
+    errors = {e["id"]: e["text"] for k in range(2) for e in read_jsonl(full_run / "rounds" / f"round_{k}" / "errors.jsonl")}
+    added = [r for r in read_jsonl(full_run / "rounds" / "round_2" / "train.jsonl") if r["round"] > 0]
+    embedder = SentenceEmbedder(cache_dir=str(cache_dir / "embeddings"))
+    new = embedder.embed([r["text"] for r in added])
+    source = embedder.embed([errors[r["source"].split("from-", 1)[1]] for r in added])
+    assert added and ((new * source).sum(1) >= threshold - 1e-6).all()
 
 
 @pytest.mark.slow
