@@ -5,7 +5,7 @@ Runs the harness itself (Hydra multiruns of run.py): `gold` (the same number of 
 the per-round curve of s3, and (unless --skip-paper) our pipeline trained on the paper's published synthetic
 data (IMDb, RTE) next to gold data of the same size. Last line: s3_minus_zerogen=<points>.
 
-    .venv/bin/python benchmarks/quality.py [--seeds 0,1,2] [--budget 400] [--max-test 1000] [--ablations] [--skip-paper]
+    .venv/bin/python benchmarks/quality.py [--seeds 0,1,2] [--budget 400] [--max-test 1000] [--ablations [KEYS]] [--skip-paper]
 """
 
 from __future__ import annotations
@@ -79,9 +79,27 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="more Hydra overrides for every run, space separated")
     ap.add_argument("--s3-extra", default="", help="more Hydra overrides for the s3 runs only (e.g. loop.per_error=2)")
     ap.add_argument("--skip-paper", action="store_true")
-    ap.add_argument("--ablations", action="store_true", help="also: s3 without rationales, zerogen + label check")
+    ap.add_argument("--ablations", nargs="?", const="all", default="",
+                    help="also run ablations: all (the default when given without a value) or a comma list of "
+                         "no_rationale, zerogen_check, no_similarity")
     ap.add_argument("--paper-rows", type=int, default=1500, help="rows sampled from paper data and from gold")
     args = ap.parse_args()
+
+    # Equal budget: the seed set, then the rest split evenly over the extrapolation rounds, so that every round
+    # gets feedback (uncapped, round 1 alone would use up the budget whenever there are many errors).
+    per_round = (args.budget - args.seed_size) // max(args.rounds, 1)
+    s3_args = [f"loop.total_budget={args.budget}", f"loop.seed_size={args.seed_size}", f"loop.rounds={args.rounds}",
+               f"loop.max_new_per_round={per_round}", *args.s3_extra.split()]
+    known = {  # key -> (label, overrides); which part of S3 moves the number
+        "no_rationale": ("s3 without rationales (ZeroGen seed set)", ["loop=s3_no_rationale", *s3_args]),
+        "zerogen_check": ("zerogen + label check",
+                          ["loop=zerogen", f"loop.total_budget={args.budget}", "loop.label_check=auto"]),
+        "no_similarity": ("s3 without the similarity check", ["loop=s3", *s3_args, "loop.min_source_similarity=0"]),
+    }
+    keys = list(known) if args.ablations == "all" else [k for k in args.ablations.split(",") if k]
+    if unknown := set(keys) - set(known):
+        ap.error(f"unknown ablations {sorted(unknown)}; known: {', '.join(known)} or all")
+    ablations = dict(known[k] for k in keys)
 
     out = Path(args.out or REPO_ROOT / "outputs" / "bench_quality" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     common = [f"task={args.task}", f"seed={args.seeds}", f"loop.max_test={args.max_test}", "logger=none",
@@ -95,19 +113,10 @@ def main() -> None:
     if baselines:  # one-shot methods: the whole budget in round 0
         multirun(out / "baselines", [*common, f"loop={','.join(baselines)}", f"loop.total_budget={args.budget}"],
                  n_seeds * len(baselines))
-    # Equal budget: the seed set, then the rest split evenly over the extrapolation rounds, so that every round
-    # gets feedback (uncapped, round 1 alone would use up the budget whenever there are many errors).
-    per_round = (args.budget - args.seed_size) // max(args.rounds, 1)
-    s3_args = [f"loop.total_budget={args.budget}", f"loop.seed_size={args.seed_size}", f"loop.rounds={args.rounds}",
-               f"loop.max_new_per_round={per_round}", *args.s3_extra.split()]
     if "s3" in methods:
         multirun(out / "s3", [*common, "loop=s3", *s3_args], n_seeds)
-    ablations = {  # label -> overrides; which part of S3 moves the number
-        "s3 without rationales (ZeroGen seed set)": ["loop=s3_no_rationale", *s3_args],
-        "zerogen + label check": ["loop=zerogen", f"loop.total_budget={args.budget}", "loop.label_check=auto"],
-    } if args.ablations else {}
-    for k, (label, overrides) in enumerate(ablations.items()):
-        multirun(out / f"ablation_{k}", [*common, *overrides], n_seeds)
+    for key in keys:
+        multirun(out / f"ablation_{key}", [*common, *known[key][1]], n_seeds)
 
     final: dict[str, list[float]] = defaultdict(list)
     curves: dict[int, list[float]] = defaultdict(list)
@@ -115,7 +124,7 @@ def main() -> None:
     for summary_path in sorted(out.rglob("summary.json")):
         summary = json.loads(summary_path.read_text())
         group = summary_path.parent.parent.name
-        method = list(ablations)[int(group.split("_")[1])] if group.startswith("ablation_") else summary["loop"]
+        method = known[group.removeprefix("ablation_")][0] if group.startswith("ablation_") else summary["loop"]
         final[method].append(summary["test_acc"])
         sizes[method].append(summary["n_train"])
         if method == "s3":
