@@ -7,6 +7,7 @@ so a killed run re-started with the same ``hydra.run.dir`` continues after its l
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -189,10 +190,15 @@ def llm_columns(used: dict[str, Usage]) -> dict[str, float]:
 
 
 def sentence_embedder(cfg: DictConfig) -> Any:
-    """The gap metrics' sentence embedder (also the extrapolation similarity check), cached on disk."""
+    """The sentence embedder shared by the gap metrics and the extrapolation similarity check (one per process)."""
+    return _sentence_embedder(cfg.gap.embedder, str(Path(cfg.paths.cache_dir) / "embeddings"))
+
+
+@functools.cache
+def _sentence_embedder(model: str, cache_dir: str) -> Any:
     from s3.embed import SentenceEmbedder
 
-    return SentenceEmbedder(cfg.gap.embedder, cache_dir=str(Path(cfg.paths.cache_dir) / "embeddings"))
+    return SentenceEmbedder(model, cache_dir=cache_dir)
 
 
 def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
