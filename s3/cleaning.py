@@ -138,8 +138,42 @@ _NEW_EXAMPLE_MARKER = re.compile(
 )
 
 
-def clean_text(text: str, extra_labels: Iterable[str] = ()) -> str:
-    """Strip assistant framing around one example; returns "" when nothing but framing was there."""
+# A quoted span of an answer: opens after a space, colon or bracket and closes before a space or punctuation, so
+# that quotes inside a span ('the "Solaris" remake') do not pair up across words.
+_QUOTED = re.compile(r'(?:(?<=^)|(?<=[\s:(\[]))["“](?=\S)([^"“”\n]+?)(?<=\S)["”](?=$|[\s.,;:!?)\]])')
+# Words of a frame around a quoted example ("The new sentence is "…"", "I'd suggest this: "…"").
+_FRAME_CUE = re.compile(
+    r":\s*\Z|\b(?:sentences?|rewrit\w*|rephras\w*|wording|version|original|examples?|alternatives?|suggest\w*|"
+    r"edit\w*|instead|how about|feedback|(?:could|would|should|might) be|try|output|new|reviews?)\b",
+    re.I,
+)
+
+
+def _unwrap_framed_quote(text: str, max_frame_words: int = 25) -> str:
+    """The example inside talk about it: 'The new movie review is "…"', '"…"\n\nThis new version adds…'.
+
+    Small LLMs often put their example in quotes inside a sentence about it; then the last quoted span of four or
+    more words is the example, provided the rest is short (at most ``max_frame_words`` words, so a long review that
+    quotes a line is left alone) and reads like a frame (a colon before the quote or a word about the task).
+    Measured on real training text: no SST-2 or IMDb row changes (pair-task premises quote speech, so only
+    single-text tasks use it).
+    """
+    spans = [m for m in _QUOTED.finditer(text) if len(m.group(1).split()) >= 4]
+    if not spans:
+        return text
+    outside = text
+    for m in reversed(spans):
+        outside = outside[: m.start()] + " " + outside[m.end() :]
+    if len(outside.split()) > max_frame_words or not _FRAME_CUE.search(outside):
+        return text
+    return spans[-1].group(1).strip()
+
+
+def clean_text(text: str, extra_labels: Iterable[str] = (), unwrap_quotes: bool = False) -> str:
+    """Strip assistant framing around one example; returns "" when nothing but framing was there.
+
+    ``unwrap_quotes``: take the example out of a quoted span framed by talk about it (single-text tasks).
+    """
     text = _FENCE_LINE.sub("", text).replace("\r", "")
     markers = list(_NEW_EXAMPLE_MARKER.finditer(text))
     if markers and markers[-1].start() > 0:
@@ -157,6 +191,8 @@ def clean_text(text: str, extra_labels: Iterable[str] = ()) -> str:
         text = _strip_quotes(text)
     text = _WORD_COUNT.sub("", text)
     text = _TRAILING_META.sub("", text).strip()
+    if unwrap_quotes:
+        text = _unwrap_framed_quote(text)
     return _strip_quotes(re.sub(r"[ \t]+", " ", text).strip())
 
 
@@ -270,9 +306,9 @@ def parse_examples(
         records = _labelled_records(raw, fields, keys, labels)
     if not records and len(fields) == 1:
         if many or sum(1 for ln in raw.split("\n") if _LIST_MARKER.match(ln)) >= 2:
-            texts = [clean_text(item, labels) for item in _split_items(raw)]
+            texts = [clean_text(item, labels, unwrap_quotes=True) for item in _split_items(raw)]
         else:
-            texts = [clean_text(raw, labels)]
+            texts = [clean_text(raw, labels, unwrap_quotes=True)]
         records = [{fields[0]: t} for t in texts]
     records = [r for r in records if all(r.get(f) for f in fields)]
     if not records:

@@ -14,6 +14,7 @@ import pytest
 
 from s3.cleaning import (
     DROP_REASONS,
+    _unwrap_framed_quote,
     Cleaner,
     CleaningConfig,
     normalize,
@@ -77,6 +78,23 @@ def row(text: str, label: int = 1, **extra) -> dict:
         ('"i laughed once ."\n\nEdited movie sentence: "I barely laughed once."\n\nIn this case, the tone changed.',
          "I barely laughed once."),
         ("The film is great.\nNew cast members shine: all of them.", "The film is great.\nNew cast members shine: all of them."),
+        # the example quoted inside talk about it (SmolLM2 extrapolations that used to survive cleaning whole)
+        ('The new movie review is "The new film is actually much better than I expected."',
+         "The new film is actually much better than I expected."),
+        ("I'd suggest replacing the existing sentence with this: \"a clever, almost pedestrian approach to storytelling.\"",
+         "a clever, almost pedestrian approach to storytelling."),
+        ('The feedback would be\n "The movie boasted of variety but presented an inconsistent approach."',
+         "The movie boasted of variety but presented an inconsistent approach."),
+        ('"It moves quickly and without fuss, but it is cold and cruel."\n\nThe original sentence conveys a positive',
+         "It moves quickly and without fuss, but it is cold and cruel."),
+        ('Original: "the film is dull ."\n\nNew: "A dull, lifeless film that never finds its footing."',
+         "A dull, lifeless film that never finds its footing."),
+        # quotes that are part of the example stay: a title, a short phrase, a line quoted in a longer review
+        ('The movie "Sitcom" is a great film by a great team.', 'The movie "Sitcom" is a great film by a great team.'),
+        ('In the movie, "the plot has a decent moral trying to get out, but it keeps you in your seat."',
+         'In the movie, "the plot has a decent moral trying to get out, but it keeps you in your seat."'),
+        ('The difference between "negative" and "underscoring" in the original sentence is the word "negative" here.',
+         'The difference between "negative" and "underscoring" in the original sentence is the word "negative" here.'),
     ],
 )
 def test_single_text_strips_assistant_framing(raw: str, expected: str) -> None:
@@ -336,6 +354,14 @@ def test_real_sst2_and_imdb_text_is_not_mistaken_for_assistant_talk() -> None:
         for r in load(DATA_DIR / name / "train.jsonl"):
             flagged += bool(c._check({"text": r["text"], "label": r["label"]})[0] in ("refusal", "boilerplate"))
     assert flagged <= 5  # measured: 2, both opening with "here is" / "Here's one you can watch"
+
+
+@needs_data
+def test_real_sst2_and_imdb_text_with_quotes_is_not_unwrapped() -> None:
+    """Quote unwrapping (single-text tasks) leaves every real review whole: measured 0 of 67,349 + 2,000 changed."""
+    quoted = [r["text"] for name in ("sst2", "imdb") for r in load(DATA_DIR / name / "train.jsonl") if '"' in r["text"]]
+    assert len(quoted) > 500  # the check sees real quotes (titles, dialogue lines)
+    assert [t for t in quoted if _unwrap_framed_quote(t) != t] == []
 
 
 @needs_data
