@@ -90,7 +90,7 @@ _TRAILING_META = re.compile(
     r"|(?:note|explanation|label|sentiment|word count|rationale|reasoning)\s*:"
     r"|i hope (?:this|these|you)|hope this helps|let me know|feel free|"
     r"i(?:'ve| have)? (?:written|rewritten|created|generated|rewrote|wrote)\b"
-    r"|in this (?:review|sentence|rewrite|version|example)\b"
+    r"|in this (?:(?:new|revised|rewritten|updated) )?(?:review|sentence|rewrite|version|example)\b"
     r").*\Z",
     re.I | re.S,
 )
@@ -149,6 +149,22 @@ _FRAME_CUE = re.compile(
 )
 
 
+_LINE_ENDING_IN_COLON = re.compile(r"^([^\n]*\S)[^\S\n]*:[^\S\n]*$", re.M)
+_INTRO_CUE = re.compile(rf"{_FRAME_CUE.pattern}|\b(?:here|consider|say|similar|following|below|like)\b", re.I)
+
+
+def _after_intro_line(text: str, max_intro_words: int = 25) -> str:
+    """The paragraph after the last intro line ("A review that depicts it could be:", "Here is a similar sentence:").
+
+    Only a line that ends in a colon, is short and names the task or the answer counts, and only when text follows.
+    """
+    intros = [m for m in _LINE_ENDING_IN_COLON.finditer(text)
+              if len(m.group(1).split()) <= max_intro_words and _INTRO_CUE.search(m.group(1)) and text[m.end() :].strip()]
+    if not intros:
+        return text
+    return re.split(r"\n\s*\n", text[intros[-1].end() :].strip())[0]
+
+
 def _unwrap_framed_quote(text: str, max_frame_words: int = 25) -> str:
     """The example inside talk about it: 'The new movie review is "…"', '"…"\n\nThis new version adds…'.
 
@@ -169,12 +185,15 @@ def _unwrap_framed_quote(text: str, max_frame_words: int = 25) -> str:
     return spans[-1].group(1).strip()
 
 
-def clean_text(text: str, extra_labels: Iterable[str] = (), unwrap_quotes: bool = False) -> str:
+def clean_text(text: str, extra_labels: Iterable[str] = (), unframe: bool = False) -> str:
     """Strip assistant framing around one example; returns "" when nothing but framing was there.
 
-    ``unwrap_quotes``: take the example out of a quoted span framed by talk about it (single-text tasks).
+    ``unframe`` (single-text tasks): also take the example out of talk around it, after an intro line or out of a
+    framed quote.
     """
     text = _FENCE_LINE.sub("", text).replace("\r", "")
+    if unframe:
+        text = _after_intro_line(text)
     markers = list(_NEW_EXAMPLE_MARKER.finditer(text))
     if markers and markers[-1].start() > 0:
         text = re.split(r"\n\s*\n", text[markers[-1].end() :].strip())[0]  # its paragraph; the rest is commentary
@@ -191,7 +210,7 @@ def clean_text(text: str, extra_labels: Iterable[str] = (), unwrap_quotes: bool 
         text = _strip_quotes(text)
     text = _WORD_COUNT.sub("", text)
     text = _TRAILING_META.sub("", text).strip()
-    if unwrap_quotes:
+    if unframe:
         text = _unwrap_framed_quote(text)
     return _strip_quotes(re.sub(r"[ \t]+", " ", text).strip())
 
@@ -306,9 +325,9 @@ def parse_examples(
         records = _labelled_records(raw, fields, keys, labels)
     if not records and len(fields) == 1:
         if many or sum(1 for ln in raw.split("\n") if _LIST_MARKER.match(ln)) >= 2:
-            texts = [clean_text(item, labels, unwrap_quotes=True) for item in _split_items(raw)]
+            texts = [clean_text(item, labels, unframe=True) for item in _split_items(raw)]
         else:
-            texts = [clean_text(raw, labels, unwrap_quotes=True)]
+            texts = [clean_text(raw, labels, unframe=True)]
         records = [{fields[0]: t} for t in texts]
     records = [r for r in records if all(r.get(f) for f in fields)]
     if not records:

@@ -14,6 +14,7 @@ import pytest
 
 from s3.cleaning import (
     DROP_REASONS,
+    _after_intro_line,
     _unwrap_framed_quote,
     Cleaner,
     CleaningConfig,
@@ -89,6 +90,15 @@ def row(text: str, label: int = 1, **extra) -> dict:
          "It moves quickly and without fuss, but it is cold and cruel."),
         ('Original: "the film is dull ."\n\nNew: "A dull, lifeless film that never finds its footing."',
          "A dull, lifeless film that never finds its footing."),
+        # the example after an intro line that ends in a colon, commentary after it cut
+        ("A review sentence that depicts the movie could be:\nThe cast is strong but the plot is over-engineered.",
+         "The cast is strong but the plot is over-engineered."),
+        ("This is a bad movie.\nHere is a similar sentence: \nThis movie has a bad style and no laughs.\n\nI kept the tone.",
+         "This movie has a bad style and no laughs."),
+        ("The movie held my interest from start to finish.\n\nIn this new version, I've added a new sentence.",
+         "The movie held my interest from start to finish."),
+        ("The movie promises a crowd-pleaser:\nA crime drama replete with a brawl.",
+         "The movie promises a crowd-pleaser:\nA crime drama replete with a brawl."),
         # quotes that are part of the example stay: a title, a short phrase, a line quoted in a longer review
         ('The movie "Sitcom" is a great film by a great team.', 'The movie "Sitcom" is a great film by a great team.'),
         ('In the movie, "the plot has a decent moral trying to get out, but it keeps you in your seat."',
@@ -357,11 +367,11 @@ def test_real_sst2_and_imdb_text_is_not_mistaken_for_assistant_talk() -> None:
 
 
 @needs_data
-def test_real_sst2_and_imdb_text_with_quotes_is_not_unwrapped() -> None:
-    """Quote unwrapping (single-text tasks) leaves every real review whole: measured 0 of 67,349 + 2,000 changed."""
-    quoted = [r["text"] for name in ("sst2", "imdb") for r in load(DATA_DIR / name / "train.jsonl") if '"' in r["text"]]
-    assert len(quoted) > 500  # the check sees real quotes (titles, dialogue lines)
-    assert [t for t in quoted if _unwrap_framed_quote(t) != t] == []
+def test_real_sst2_and_imdb_text_is_not_unframed() -> None:
+    """Unframing (single-text tasks) leaves every real review whole: measured 0 of 67,349 + 2,000 changed."""
+    texts = [r["text"] for name in ("sst2", "imdb") for r in load(DATA_DIR / name / "train.jsonl")]
+    assert sum('"' in t for t in texts) > 500  # the check sees real quotes (titles, dialogue lines)
+    assert [t for t in texts if _unwrap_framed_quote(_after_intro_line(t)) != t] == []
 
 
 @needs_data
