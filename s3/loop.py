@@ -171,7 +171,7 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
             break
         started, before = time.perf_counter(), llm.usage()
         batch = synth.extrapolate(errors, L.per_error, round_=k, limit=room, overgenerate=L.overgenerate,
-                                  max_attempts=L.max_attempts)
+                                  max_attempts=L.max_attempts, balance_labels=L.balance_labels)
         train_rows = train_rows + with_ids(batch.rows, k, start=len(train_rows))
         metrics, errors = finish_round(k, train_rows, batch, before, started)
     return metrics

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from s3.cleaning import Cleaner, CleaningConfig
 from s3.config import UserError, compose_config
 from s3.llm import LLM, ChatRequest, Completion
-from s3.synthesis import SamplingConfig, Synthesizer
+from s3.synthesis import SamplingConfig, Synthesizer, label_quotas
 
 VOCAB = [f"{a}{b}" for a in ("bra", "dul", "fen", "gor", "lim", "mor", "pel", "tas") for b in "aeiouyxz"]
 
@@ -110,6 +110,32 @@ def test_extrapolated_rows_unlike_their_source_are_dropped_and_made_up_for() -> 
     unchecked = synthesizer(EchoLLM()).extrapolate(ERRORS, per_error=2, round_=1, limit=16)
     assert not all(r["text"].startswith(sources[r["source"]]) for r in unchecked.rows)
     assert unchecked.drops["off_source"] == 0
+
+
+@pytest.mark.parametrize(
+    "errors_per_label, per_error, target, expected",
+    [
+        ({0: 5, 1: 5}, 3, 20, {0: 10, 1: 10}),
+        ({0: 2, 1: 8}, 3, 12, {0: 6, 1: 6}),
+        ({0: 2, 1: 8}, 3, 30, {0: 12, 1: 18}),  # label 0 takes at most 2 x 3 rows per error
+        ({0: 0, 1: 8}, 3, 12, {1: 12}),
+        ({0: 1, 1: 1, 2: 9}, 2, 11, {0: 4, 1: 4, 2: 3}),
+    ],
+)
+def test_label_quotas_split_the_round_evenly(errors_per_label, per_error, target, expected) -> None:
+    assert label_quotas(errors_per_label, per_error, target) == expected
+
+
+def test_balanced_extrapolation_adds_as_many_rows_of_each_label() -> None:
+    errors = ERRORS[:1] + [e for e in ERRORS if e["label"] == 1]  # 1 error of label 0, 5 of label 1
+    plain = synthesizer(ScriptedLLM()).extrapolate(errors, per_error=2, round_=1, limit=8)
+    assert Counter(r["label"] for r in plain.rows) != {0: 4, 1: 4}
+    llm = ScriptedLLM()
+    balanced = synthesizer(llm).extrapolate(errors, per_error=2, round_=1, limit=8, balance_labels=True)
+    assert Counter(r["label"] for r in balanced.rows) == {0: 4, 1: 4}
+    assert all(r["source"] == "extrapolated-from-val-0" for r in balanced.rows if r["label"] == 0)
+    asked = [u for u in llm.seen if '"a real example number 0"' in u.messages[-1].content]
+    assert len(asked) >= 4  # the lone label-0 error is asked for 4 rows (2 x per_error), more if some were dropped
 
 
 def test_extrapolation_is_deterministic() -> None:
