@@ -46,3 +46,19 @@ def test_logger_configs(name):
 def test_unknown_task_lists_choices():
     with pytest.raises(Exception, match="sst2"):
         compose_config(["task=nope"])
+
+
+@pytest.mark.parametrize("sweep", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_sweep_parameters_are_config_keys(sweep):
+    """Every value a W&B sweep can hand run.py composes (a renamed config key would fail every agent run)."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    params = yaml.safe_load(sweep.read_text())["parameters"]
+    for key, spec in params.items():
+        candidates = spec.get("values") or [spec[k] for k in ("value", "min", "max") if k in spec]
+        for value in candidates:
+            value_str = str(value).lower() if isinstance(value, bool) else str(value)
+            cfg = compose_config([f"{key}={value_str}"])
+            if key not in ("task", "loop", "llm", "small_model", "logger", "gap"):  # groups select a file
+                assert OmegaConf.select(cfg, key) == value, (sweep.name, key, value)
