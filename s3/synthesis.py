@@ -211,6 +211,7 @@ class Synthesizer:
         """
         out = Batch()
         asked: Counter = Counter()
+        group = () if tag is None else (tag,)  # per-label calls draw their own seeds
         for attempt in range(max_attempts):
             missing = target - len(out.rows)
             if missing <= 0:
@@ -220,15 +221,14 @@ class Synthesizer:
             else:  # a seeded sample, least-asked errors first; sized by the keep rate seen so far
                 keep = len(out.rows) / out.generated if out.generated else 1.0
                 want = min(len(errors), math.ceil(missing * overgenerate / max(keep, 0.25) / per_error))
-                parts = (self.seed, round_, "errors", attempt) if tag is None else (self.seed, round_, "errors", tag, attempt)
-                rng = random.Random(derive_seed(*parts))
+                rng = random.Random(derive_seed(self.seed, round_, "errors", *group, attempt))
                 chosen = sorted(rng.sample(list(errors), len(errors)), key=lambda e: asked[e["id"]])[:want]
             asked.update(e["id"] for e in chosen)
             jobs = [Job(self.book.messages("extrapolate", example=self.book.example(e),
                                            **self.book.label_fields(e["label"])),
                         e["label"], f"extrapolated-from-{e['id']}", self.task.text_of(e)) for e in chosen]
-            call = attempt if tag is None else f"{tag}-{attempt}"
-            out.extend(self.run_jobs(jobs, samples=per_error, round_=round_, call_site="extrapolate", attempt=call))
+            out.extend(self.run_jobs(jobs, samples=per_error, round_=round_, call_site="extrapolate",
+                                     attempt="-".join(map(str, (*group, attempt))) if group else attempt))
         if len(out.rows) > target:
             out.drops["over_quota"] += len(out.rows) - int(target)
             out.rows = out.rows[: int(target)]
