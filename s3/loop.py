@@ -28,7 +28,7 @@ from s3.cleaning import Cleaner, CleaningConfig
 from s3.config import UserError
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
-from s3.synthesis import SamplingConfig, Synthesizer, drop_columns
+from s3.synthesis import GoldLabelCheck, SamplingConfig, Synthesizer, drop_columns
 from s3.tracking import (RunRecorder, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl,
                          resolved_config, start_wandb)
 
@@ -113,9 +113,11 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
     # nothing else here: no prompt ever sees it.
     cleaner = Cleaner(CleaningConfig(**L.cleaning), task.fields, task.labels, real.gold_val + real.test,
                       meta_phrases=[task.example_kind])
+    gold_check = (GoldLabelCheck(sentence_embedder(cfg), task, real.gold_val, cfg.seed, L.gold_check_min_accuracy)
+                  if L.gold_check else None)
     synth = Synthesizer(llm, task, cleaner, SamplingConfig(**L.sampling), cfg.seed, L.label_check,
                         L.label_check_margin, embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 else None,
-                        min_source_similarity=L.min_source_similarity)
+                        min_source_similarity=L.min_source_similarity, gold_check=gold_check)
     budget = L.total_budget if L.total_budget is not None else math.inf
 
     def finish_round(k: int, train_rows: list[dict[str, Any]], batch: Any, usage_before: dict[str, Usage],

@@ -24,7 +24,7 @@ from s3.prompts import PromptBook, prompt_hash
 
 log = logging.getLogger(__name__)
 
-EXTRA_DROP_REASONS = ("unparsable", "off_source", "label_disagree", "over_quota")
+EXTRA_DROP_REASONS = ("unparsable", "off_source", "gold_disagree", "label_disagree", "over_quota")
 
 
 def drop_columns(drops: Counter) -> dict[str, int]:
@@ -92,11 +92,52 @@ class Job:
 LABEL_CHECKS = ("none", "choice", "channel", "auto")
 
 
+class GoldLabelCheck:
+    """A second label check: logistic regression on sentence embeddings of the gold validation rows.
+
+    S3 has these labelled rows anyway (it learns from their errors). A classifier fitted on them has seen every
+    error with its gold label, so a row written "like" an error but with the other label's sense tends to be
+    put back on the error's side. It is used only where it is good at the task: when its cross-validated
+    accuracy on the gold rows reaches ``min_accuracy`` (mean-pooled embeddings of a sentence pair say little
+    about entailment, so on RTE it stays off).
+    """
+
+    def __init__(self, embedder: Any, task: Task, gold_rows: Sequence[dict[str, Any]], seed: int,
+                 min_accuracy: float = 0.6, folds: int = 5):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+        self.embedder, self.task = embedder, task
+        x = embedder.embed([task.text_of(r) for r in gold_rows])
+        y = [r["label"] for r in gold_rows]
+        counts = Counter(y)
+        self.model: Any = None
+        self.cv_accuracy = 0.0
+        if len(counts) < len(task.labels) or min(counts.values()) < folds:
+            log.warning("gold label check off: the gold validation set needs >= %d rows of every label", folds)
+            return
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        self.cv_accuracy = float(cross_val_score(LogisticRegression(max_iter=2000), x, y, cv=cv).mean())
+        if self.cv_accuracy >= min_accuracy:
+            self.model = LogisticRegression(max_iter=2000).fit(x, y)
+        log.info("gold label check %s: cross-validated accuracy %.3f on %d gold rows (needs %.2f)",
+                 "on" if self.model is not None else "off", self.cv_accuracy, len(y), min_accuracy)
+
+    def agree(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
+        """True where the classifier predicts the row's intended label (always True while the check is off)."""
+        if self.model is None or not rows:
+            return [True] * len(rows)
+        predicted = self.model.predict(self.embedder.embed([self.task.text_of(r) for r in rows]))
+        return [int(p) == r["label"] for p, r in zip(predicted, rows)]
+
+
 class Synthesizer:
     def __init__(self, llm: LLM, task: Task, cleaner: Cleaner, sampling: SamplingConfig, seed: int,
                  label_check: str | bool = "none", label_check_margin: float = 1.0,
-                 embedder: Any = None, min_source_similarity: float = 0.0):
+                 embedder: Any = None, min_source_similarity: float = 0.0,
+                 gold_check: GoldLabelCheck | None = None):
         self.llm, self.task, self.cleaner, self.sampling = llm, task, cleaner, sampling
+        self.gold_check = gold_check
         if min_source_similarity > 0 and embedder is None:
             raise ValueError("min_source_similarity > 0 needs a sentence embedder")
         self.embedder, self.min_source_similarity = embedder, min_source_similarity
@@ -261,6 +302,10 @@ class Synthesizer:
             near = self.near_source(kept, [references[id(row)] for row in kept])
             out.drops["off_source"] += near.count(False)
             kept = [row for row, ok in zip(kept, near) if ok]
+        if self.gold_check is not None and kept:  # before the LLM check: embeddings are cheaper than scoring
+            agree = self.gold_check.agree(kept)
+            out.drops["gold_disagree"] += agree.count(False)
+            kept = [row for row, ok in zip(kept, agree) if ok]
         if self.label_check != "none" and kept:
             agree = self.check_labels(kept)
             out.drops["label_disagree"] += agree.count(False)
