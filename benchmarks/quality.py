@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--skip-paper", action="store_true")
     ap.add_argument("--ablations", nargs="?", const="all", default="",
                     help="also run ablations: all (the default when given without a value) or a comma list of "
-                         "no_rationale, zerogen_check, no_similarity, no_balance")
+                         "no_rationale, zerogen_check, no_similarity, no_balance, no_gold_check")
     ap.add_argument("--paper-rows", type=int, default=1500, help="rows sampled from paper data and from gold")
     args = ap.parse_args()
 
@@ -92,10 +92,11 @@ def main() -> None:
                f"loop.max_new_per_round={per_round}", *args.s3_extra.split()]
     known = {  # key -> (label, overrides); which part of S3 moves the number
         "no_rationale": ("s3 without rationales (ZeroGen seed set)", ["loop=s3_no_rationale", *s3_args]),
-        "zerogen_check": ("zerogen + label check",
-                          ["loop=zerogen", f"loop.total_budget={args.budget}", "loop.label_check=auto"]),
+        "zerogen_check": ("zerogen + both label checks (LLM, gold)", ["loop=zerogen", f"loop.total_budget={args.budget}",
+                                                                     "loop.label_check=auto", "loop.gold_check=true"]),
         "no_similarity": ("s3 without the similarity check", ["loop=s3", *s3_args, "loop.min_source_similarity=0"]),
         "no_balance": ("s3, rows follow the errors' labels (no balancing)", ["loop=s3", *s3_args, "loop.balance_labels=false"]),
+        "no_gold_check": ("s3 without the gold label check", ["loop=s3", *s3_args, "loop.gold_check=false"]),
     }
     keys = list(known) if args.ablations == "all" else [k for k in args.ablations.split(",") if k]
     if unknown := set(keys) - set(known):

@@ -1,4 +1,4 @@
-"""Synthesizer logic with a scripted LLM (fast, no models): rationale parsing and the extrapolation refill."""
+"""Synthesizer logic with a scripted LLM (fast, no LLM): rationale parsing, the extrapolation refill, label checks."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from s3.cleaning import Cleaner, CleaningConfig
 from s3.config import UserError, compose_config
 from s3.llm import LLM, ChatRequest, Completion
-from s3.synthesis import SamplingConfig, Synthesizer, label_quotas
+from s3.synthesis import GoldLabelCheck, SamplingConfig, Synthesizer, label_quotas
 
 VOCAB = [f"{a}{b}" for a in ("bra", "dul", "fen", "gor", "lim", "mor", "pel", "tas") for b in "aeiouyxz"]
 
@@ -163,3 +163,72 @@ def test_channel_check_needs_scores_auto_falls_back_to_relabelling() -> None:
     synth.label_check = "auto"
     synth.check_labels(rows)  # the scripted backend answers with text, not a label: counts as disagreement
     assert synth.label_check == "choice" and "relabel" in llm.usage()
+
+
+def marked_rows(n: int, seed: int, flip: float = 0.0) -> list[dict[str, Any]]:
+    """Label 0 rows use the first half of VOCAB, label 1 rows the second: a task the gold check can learn."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = i % 2
+        half = VOCAB[:32] if label == 0 else VOCAB[32:]
+        rows.append({"text": " ".join(rng.choice(half) for _ in range(6)),
+                     "label": 1 - label if rng.random() < flip else label})
+    return rows
+
+
+def sst2_task() -> Any:
+    return instantiate(compose_config(["task=sst2"]).task)
+
+
+def test_gold_check_keeps_rows_of_the_gold_sets_labels_and_drops_flipped_ones() -> None:
+    check = GoldLabelCheck(BagOfWords(), sst2_task(), marked_rows(40, seed=0), seed=0)
+    assert check.model is not None and check.cv_accuracy > 0.9
+    rows = marked_rows(20, seed=1)
+    assert check.agree(rows) == [True] * 20
+    assert check.agree([{**r, "label": 1 - r["label"]} for r in rows]) == [False] * 20
+
+
+def test_gold_check_stays_off_when_it_cannot_learn_the_task() -> None:
+    noisy = marked_rows(40, seed=0, flip=0.5)  # labels unrelated to the words: cross-validated accuracy ~ chance
+    check = GoldLabelCheck(BagOfWords(), sst2_task(), noisy, seed=0, min_accuracy=0.75)
+    assert check.model is None and check.cv_accuracy < 0.75
+    assert check.agree(marked_rows(6, seed=1)) == [True] * 6
+    one_label = [r for r in marked_rows(40, seed=0) if r["label"] == 0]
+    assert GoldLabelCheck(BagOfWords(), sst2_task(), one_label, seed=0).model is None
+
+
+class KeepLabel:
+    """A stand-in gold check that agrees only with label 1."""
+
+    def agree(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
+        return [r["label"] == 1 for r in rows]
+
+
+def test_rows_the_gold_check_rejects_are_counted_and_made_up_for() -> None:
+    batch = synthesizer(ScriptedLLM(), gold_check=KeepLabel()).extrapolate(ERRORS, per_error=2, round_=1, limit=8)
+    assert batch.drops["gold_disagree"] > 0
+    assert len(batch.rows) == 8 and {r["label"] for r in batch.rows} == {1}
+
+
+def test_gold_check_on_real_data_is_on_for_sst2_and_off_for_rte(data_dir) -> None:
+    """With the embedded MiniLM: on SST-2 it agrees with most held-out real rows' gold labels and with few
+    flipped ones; on RTE (sentence-pair embeddings say little about entailment) it turns itself off."""
+    from s3.data import load_split, stratified_sample
+    from s3.embed import SentenceEmbedder
+
+    embedder = SentenceEmbedder()
+    for name in ("sst2", "rte"):
+        task = instantiate(compose_config([f"task={name}"]).task)
+        val = load_split(task, "validation", data_dir)
+        gold = stratified_sample(val, 200, 0)
+        ids = {r["id"] for r in gold}
+        held_out = stratified_sample([r for r in val if r["id"] not in ids], 200, 1)
+        check = GoldLabelCheck(embedder, task, gold, seed=0)
+        if name == "rte":
+            assert check.model is None and check.cv_accuracy < 0.6
+            continue
+        assert check.model is not None
+        kept_true = sum(check.agree(held_out)) / len(held_out)
+        kept_flipped = sum(check.agree([{**r, "label": 1 - r["label"]} for r in held_out])) / len(held_out)
+        assert kept_true > 0.7 and kept_flipped < 0.3
