@@ -129,6 +129,8 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
         used = usage_diff(llm.usage(), usage_before)
         metrics = {"round": k, "n_new": len(batch.rows), "n_generated": batch.generated, **metrics,
                    **drop_columns(batch.drops), **llm_columns(used)}
+        if gold_check is not None:  # the check is on when this reaches loop.gold_check_min_accuracy
+            metrics["gold_check_cv_acc"] = round(gold_check.cv_accuracy, 4)
         if gap is not None:
             metrics.update(gap(train_rows))
         metrics["round_seconds"] = round(time.perf_counter() - started, 2)

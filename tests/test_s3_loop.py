@@ -38,7 +38,8 @@ def test_rounds_metrics_and_provenance(full_run):
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows:
         for key in ("n_new", "n_train", "val_acc", "val_f1", "test_acc", "test_f1", "n_errors", "train_seconds",
-                    "drop/refusal", "drop/leak", "drop/off_source", "llm/backend_calls", "gap/mauve", "div/distinct2"):
+                    "drop/refusal", "drop/leak", "drop/off_source", "drop/gold_disagree", "gold_check_cv_acc",
+                    "llm/backend_calls", "gap/mauve", "div/distinct2"):
             assert key in r, key
     assert rows[0]["n_train"] > 0 and rows[1]["n_train"] == rows[0]["n_train"] + rows[1]["n_new"]
     round0_errors = {e["id"] for e in read_jsonl(full_run / "rounds" / "round_0" / "errors.jsonl")}
