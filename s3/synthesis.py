@@ -269,7 +269,7 @@ class Synthesizer:
                                            **self.book.label_fields(e["label"])),
                         e["label"], f"extrapolated-from-{e['id']}", self.task.text_of(e)) for e in chosen]
             out.extend(self.run_jobs(jobs, samples=per_error, round_=round_, call_site="extrapolate",
-                                     attempt="-".join(map(str, (*group, attempt))) if group else attempt))
+                                     attempt=f"{tag}-{attempt}" if group else attempt))
         if len(out.rows) > target:
             out.drops["over_quota"] += len(out.rows) - int(target)
             out.rows = out.rows[: int(target)]
@@ -298,18 +298,18 @@ class Synthesizer:
                 references[id(candidates[-1])] = job.reference
         kept, drops = self.cleaner.filter(candidates)
         out.drops.update(drops)
-        if self.min_source_similarity > 0 and kept:
-            near = self.near_source(kept, [references[id(row)] for row in kept])
-            out.drops["off_source"] += near.count(False)
-            kept = [row for row, ok in zip(kept, near) if ok]
-        if self.gold_check is not None and kept:  # before the LLM check: embeddings are cheaper than scoring
-            agree = self.gold_check.agree(kept)
-            out.drops["gold_disagree"] += agree.count(False)
-            kept = [row for row, ok in zip(kept, agree) if ok]
-        if self.label_check != "none" and kept:
-            agree = self.check_labels(kept)
-            out.drops["label_disagree"] += agree.count(False)
-            kept = [row for row, ok in zip(kept, agree) if ok]
+        checks = []  # (drop reason, rows -> keep flags); the cheap embedding checks before LLM scoring
+        if self.min_source_similarity > 0:
+            checks.append(("off_source", lambda rows: self.near_source(rows, [references[id(r)] for r in rows])))
+        if self.gold_check is not None:
+            checks.append(("gold_disagree", self.gold_check.agree))
+        if self.label_check != "none":
+            checks.append(("label_disagree", self.check_labels))
+        for reason, check in checks:
+            if kept:
+                ok = check(kept)
+                out.drops[reason] += ok.count(False)
+                kept = [row for row, keep in zip(kept, ok) if keep]
         out.rows = kept
         log.info("%s (round %d, attempt %s): %d prompts -> %d answers -> %d kept; dropped %s", call_site, round_,
                  attempt, len(jobs), out.generated, len(kept), dict(out.drops))
