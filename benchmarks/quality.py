@@ -22,7 +22,7 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from s3.classifier import SmallModelConfig, scores, train_classifier
+from s3.classifier import SmallModelConfig, small_model_config, scores, train_classifier
 from s3.cleaning import Cleaner, CleaningConfig
 from s3.config import REPO_ROOT, compose_config, default_data_dir
 from s3.data import Task, load_real_data, load_split, stratified_sample
@@ -46,7 +46,7 @@ def paper_synthetic(task_name: str, small_name: str, n_rows: int, max_test: int,
     """Our small-model pipeline on the authors' published synthetic data (cleaned), next to gold data."""
     cfg = compose_config([f"task={task_name}", f"small_model={small_name}"])
     task: Task = instantiate(cfg.task)
-    small: SmallModelConfig = instantiate(cfg.small_model)
+    small: SmallModelConfig = small_model_config(cfg.small_model)
     small = dataclasses.replace(small, max_length=256, max_epochs=2)
     data_dir = Path(default_data_dir())
     real = load_real_data(task, data_dir, 200, max_test, seed, need_train=True)

@@ -14,7 +14,7 @@ import logging
 
 from hydra.utils import instantiate
 
-from s3.classifier import SmallModelConfig, scores, train_classifier
+from s3.classifier import SmallModelConfig, small_model_config, scores, train_classifier
 from s3.config import compose_config, default_data_dir
 from s3.data import load_real_data, stratified_sample
 
@@ -32,7 +32,7 @@ def main() -> None:
 
     cfg = compose_config([f"task={args.task}", f"small_model={args.small_model}"])
     task = instantiate(cfg.task)
-    base: SmallModelConfig = instantiate(cfg.small_model)
+    base: SmallModelConfig = small_model_config(cfg.small_model)
     base = dataclasses.replace(base, max_epochs=args.epochs, max_length=512)
     real = load_real_data(task, default_data_dir(), 200, args.max_test, args.seed, need_train=True)
     train = stratified_sample(real.train, args.n_train, args.seed)

@@ -1,58 +1,174 @@
-"""The small model: a Hugging Face sequence classifier trained with PyTorch Lightning.
+"""The small model: a pretrained encoder with a classification head, trained with PyTorch Lightning.
 
 Trains from scratch on every call (S3 retrains after each round), keeps the epoch with the best
 gold-validation accuracy and restores it, as the paper's training script does. Batches are padded
 dynamically and bucketed by length, which is where most of the speed comes from on short texts.
+
+The head reads the encoder the way it was pre-trained to be read. A sentence-transformers checkpoint
+(all-MiniLM-L6-v2) was trained on the mean of its token vectors and never shaped its [CLS] pooler, so a
+[CLS] head starts from noise and, on a few hundred rows, often never leaves chance; a head on the mean
+starts where the sentence embedding already separates the labels. BERT-style checkpoints (DistilBERT,
+the paper's model) keep their own [CLS] head (``AutoModelForSequenceClassification``).
+
+A trained classifier saves to a folder in Hugging Face layout (``config.json`` with the label names,
+``model.safetensors``, the tokenizer) plus ``s3_classifier.json`` (pooling, fields, max length) and, for
+mean pooling, ``head.safetensors``; ``Classifier.load`` reads it back bit for bit.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import random
+import shutil
 import time
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
-from transformers import get_linear_schedule_with_warmup
+from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                          get_linear_schedule_with_warmup)
 
 from s3.data import Task
 from s3.embed import resolve_model
 
 log = logging.getLogger(__name__)
 
+POOLINGS = ("auto", "mean", "cls")
+HEAD_INITS = ("random", "probe")
+META_FILE = "s3_classifier.json"
+HEAD_FILE = "head.safetensors"
+
 
 @dataclass
 class SmallModelConfig:
     name: str
     model: str
-    max_length: int = 128
-    batch_size: int = 32
+    pooling: str = "auto"  # auto: mean for sentence-transformers checkpoints, else the model's own [CLS] head
+    max_length: int = 256  # batches are padded to their longest row, so short-text tasks do not pay for it
+    batch_size: int = 16
     eval_batch_size: int = 128
-    lr: float = 5e-5
+    lr: float = 1e-4
+    head_lr: float | None = None  # the head's own learning rate; None = lr
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
+    dropout: float = 0.1  # before the mean-pooled head (a [CLS] head keeps its model's own dropout)
+    head_init: str = "probe"  # probe: start the mean-pooled head from a logistic regression on the frozen
+                              # encoder's features of the training rows (linear probe, then fine-tune); random
     max_epochs: int = 4
+    min_steps: int = 0  # train more epochs than max_epochs when a small set would take fewer optimizer steps
     precision: str = "bf16-mixed"
     bucket_size: int = 50  # batches per length bucket; 1 = plain shuffling
     pad_to_max_length: bool = False  # the official S3 script's fixed padding; only for comparisons
+    save: bool = True  # the run keeps its best classifier in <run_dir>/model
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"small_model.pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.head_init not in HEAD_INITS:
+            raise ValueError(f"small_model.head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+
+    def epochs_for(self, n_rows: int) -> int:
+        """``max_epochs``, or more when that many epochs over ``n_rows`` rows fall short of ``min_steps``."""
+        steps_per_epoch = max(1, math.ceil(n_rows / self.batch_size))
+        return max(self.max_epochs, math.ceil(self.min_steps / steps_per_epoch))
+
+
+def checkpoint_pooling(model_path: str) -> str:
+    """How the checkpoint was trained to be read: ``mean`` when it is a sentence-transformers model whose
+    pooling module averages tokens (its ``modules.json`` + ``1_Pooling/config.json``), else ``cls``."""
+    def find(name: str) -> Path | None:
+        local = Path(model_path) / name
+        if Path(model_path).is_dir():
+            return local if local.is_file() else None
+        try:  # a Hub id: the file from the cache or the Hub; offline or missing means "not found"
+            from transformers.utils import cached_file
+
+            found = cached_file(model_path, name, _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False)
+            return Path(found) if found else None
+        except Exception:
+            return None
+
+    modules = find("modules.json")
+    if modules is None:
+        return "cls"
+    pooling_dirs = [m["path"] for m in json.loads(modules.read_text())
+                    if str(m.get("type", "")).endswith("Pooling")]
+    if not pooling_dirs:
+        return "cls"
+    pooling_cfg = find(f"{pooling_dirs[0]}/config.json")
+    if pooling_cfg is None:
+        return "cls"
+    modes = json.loads(pooling_cfg.read_text())
+    return "mean" if modes.get("pooling_mode_mean_tokens") else "cls"
+
+
+class MeanPooledClassifier(nn.Module):
+    """Encoder -> mean of the non-padding token vectors -> dropout -> linear layer."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.pool(**inputs)))
+
+
+class ClsHeadClassifier(nn.Module):
+    """The checkpoint's own sequence-classification head ([CLS] / pooler), as ``AutoModelForSequenceClassification``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**inputs).logits
+
+
+def build_model(path: str, labels: Sequence[str], pooling: str, dropout: float = 0.1) -> nn.Module:
+    """A classifier from a pretrained checkpoint (or a saved one: ``path`` may be a saved folder)."""
+    names = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
+    if pooling == "mean":
+        encoder = AutoModel.from_pretrained(path, **names)
+        model: nn.Module = MeanPooledClassifier(encoder, len(labels), dropout)
+    else:
+        model = ClsHeadClassifier(AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(labels), **names))
+    # from_pretrained returns eval mode and Lightning keeps submodule modes: dropout would stay off.
+    return model.train()
 
 
 class EncodedDataset(Dataset):
     """Rows tokenized once, unpadded; the collator pads each batch to its own longest row."""
 
-    def __init__(self, rows: Sequence[dict[str, Any]], task: Task, tokenizer: Any, max_length: int):
-        columns = [[str(r[f]) for r in rows] for f in task.fields]
+    def __init__(self, rows: Sequence[dict[str, Any]], fields: Sequence[str], tokenizer: Any, max_length: int):
+        columns = [[str(r[f]) for r in rows] for f in fields]
         enc = tokenizer(*columns, truncation=True, max_length=max_length)
         self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
         for feat, row in zip(self.features, rows):
-            feat["labels"] = int(row["label"])
+            if "label" in row:
+                feat["labels"] = int(row["label"])
         self.lengths = [len(f["input_ids"]) for f in self.features]
 
     def __len__(self) -> int:
@@ -98,30 +214,106 @@ def eval_loader(dataset: EncodedDataset, tokenizer: Any, batch_size: int) -> Dat
     return DataLoader(dataset, batch_sampler=batches, collate_fn=DataCollatorWithPadding(tokenizer))
 
 
+@dataclass
+class Classifier:
+    """A trained (or reloaded) classifier: what predicts labels for rows of its task's fields."""
+
+    model: nn.Module
+    tokenizer: Any
+    labels: list[str]
+    fields: list[str]
+    pooling: str
+    max_length: int
+    eval_batch_size: int = 128
+    precision: str = "bf16-mixed"
+    meta: dict[str, Any] = field(default_factory=dict)  # where it came from: task, base model, run
+
+    def predict_proba(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+        """Class probabilities, one row per input row, in input order."""
+        dataset = EncodedDataset(rows, self.fields, self.tokenizer, self.max_length)
+        loader = eval_loader(dataset, self.tokenizer, self.eval_batch_size)
+        model = self.model.eval()
+        device = next(model.parameters()).device
+        out = np.zeros((len(rows), len(self.labels)), dtype=np.float32)
+        use_bf16 = self.precision.startswith("bf16")
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            for idx, batch in zip(loader.batch_sampler, loader):
+                batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                out[idx] = torch.softmax(model(**batch).float(), -1).cpu().numpy()
+        return out
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the folder next to ``out_dir`` and rename it into place: it is all there or absent."""
+        out_dir = Path(out_dir)
+        partial = out_dir.with_name(f".{out_dir.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        if isinstance(self.model, MeanPooledClassifier):
+            self.model.encoder.save_pretrained(partial)
+            save_file({k: v.contiguous() for k, v in self.model.classifier.state_dict().items()}, partial / HEAD_FILE)
+        else:
+            assert isinstance(self.model, ClsHeadClassifier)
+            self.model.model.save_pretrained(partial)
+        self.tokenizer.save_pretrained(partial)
+        meta = {"pooling": self.pooling, "labels": self.labels, "fields": self.fields, "max_length": self.max_length,
+                "eval_batch_size": self.eval_batch_size, "precision": self.precision, **self.meta}
+        (partial / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        old = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(partial, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+        return out_dir
+
+    @classmethod
+    def load(cls, path: str | Path) -> Classifier:
+        path = Path(path)
+        meta = json.loads((path / META_FILE).read_text())
+        model = build_model(str(path), meta["labels"], meta["pooling"])
+        if isinstance(model, MeanPooledClassifier):
+            model.classifier.load_state_dict(load_file(path / HEAD_FILE))
+        known = ("pooling", "labels", "fields", "max_length", "eval_batch_size", "precision")
+        return cls(model=model.eval(), tokenizer=AutoTokenizer.from_pretrained(path),
+                   meta={k: v for k, v in meta.items() if k not in known}, **{k: meta[k] for k in known})
+
+
+@dataclass
+class TrainedClassifier(Classifier):
+    """A classifier with the record of its training: per-epoch loss and validation accuracy, best epoch."""
+
+    train_seconds: float = 0.0
+    examples_per_second: float = 0.0
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+
+    @property
+    def epoch_val_acc(self) -> list[float]:
+        return [h["val_acc"] for h in self.history]
+
+
 class ClassifierModule(pl.LightningModule):
     """AdamW + linear warm-up/decay; tracks gold-validation accuracy and keeps the best epoch's weights."""
 
-    def __init__(self, cfg: SmallModelConfig, num_labels: int):
+    def __init__(self, cfg: SmallModelConfig, labels: Sequence[str], pooling: str):
         super().__init__()
         self.cfg = cfg
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            resolve_model(cfg.model), num_labels=num_labels)
-        # from_pretrained returns eval mode and Lightning keeps submodule modes: dropout would stay off.
-        self.model.train()
-        self.num_labels = num_labels
+        self.model = build_model(resolve_model(cfg.model), labels, pooling, cfg.dropout)
+        self.num_labels = len(labels)
         self.best_val_acc = -1.0
         self.best_epoch = -1
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.epoch_val_acc: list[float] = []
+        self.history: list[dict[str, float]] = []
+        self._losses: dict[int, list[float]] = defaultdict(list)
         self._val_preds: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        return self.model(**inputs).logits
+        return self.model(**{k: v for k, v in batch.items() if k != "labels"})
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch).loss
+        loss = F.cross_entropy(self(batch).float(), batch["labels"])
+        self._losses[self.current_epoch].append(loss.item())
         self.log("train_loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
 
@@ -137,18 +329,23 @@ class ClassifierModule(pl.LightningModule):
         self.log("val_acc", acc, prog_bar=True)
         if self.trainer.sanity_checking:
             return
-        self.epoch_val_acc.append(acc)
+        losses = self._losses.get(self.current_epoch, [])
+        self.history.append({"epoch": self.current_epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
+                             "val_acc": acc, "steps": int(self.global_step)})
         if acc > self.best_val_acc:
             self.best_val_acc, self.best_epoch = acc, self.current_epoch
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def configure_optimizers(self) -> Any:
         no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-        params = [
-            {"params": [p for n, p in self.model.named_parameters() if not n.endswith(no_decay)],
-             "weight_decay": self.cfg.weight_decay},
-            {"params": [p for n, p in self.model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-        ]
+        head_lr = self.cfg.head_lr if self.cfg.head_lr is not None else self.cfg.lr
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = defaultdict(list)
+        for name, param in self.model.named_parameters():
+            is_head = name.startswith("classifier.") or ".classifier." in name or ".pre_classifier." in name
+            groups[(is_head, name.endswith(no_decay))].append(param)
+        params = [{"params": p, "lr": head_lr if is_head else self.cfg.lr,
+                   "weight_decay": 0.0 if exempt else self.cfg.weight_decay}
+                  for (is_head, exempt), p in groups.items()]
         optimizer = torch.optim.AdamW(params, lr=self.cfg.lr)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.cfg.warmup_ratio * total), total)
@@ -157,33 +354,6 @@ class ClassifierModule(pl.LightningModule):
     def restore_best(self) -> None:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-
-
-@dataclass
-class TrainedClassifier:
-    module: ClassifierModule
-    tokenizer: Any
-    task: Task
-    cfg: SmallModelConfig
-    train_seconds: float
-    examples_per_second: float
-    best_epoch: int
-    epoch_val_acc: list[float]
-
-    def predict_proba(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
-        """Class probabilities, one row per input row, in input order."""
-        dataset = EncodedDataset(rows, self.task, self.tokenizer, self.cfg.max_length)
-        loader = eval_loader(dataset, self.tokenizer, self.cfg.eval_batch_size)
-        model = self.module.model.eval()
-        device = next(model.parameters()).device
-        out = np.zeros((len(rows), self.module.num_labels), dtype=np.float32)
-        batches = loader.batch_sampler
-        use_bf16 = self.cfg.precision.startswith("bf16")
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            for idx, batch in zip(batches, loader):
-                batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-                out[idx] = torch.softmax(model(**batch).logits.float(), -1).cpu().numpy()
-        return out
 
 
 def scores(probs: np.ndarray, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
@@ -195,32 +365,86 @@ def scores(probs: np.ndarray, rows: Sequence[dict[str, Any]]) -> dict[str, float
             "f1": multiclass_f1_score(preds, labels, k, average="macro").item()}
 
 
+def init_head_from_probe(model: MeanPooledClassifier, dataset: EncodedDataset, tokenizer: Any, seed: int) -> None:
+    """Fit a logistic regression on the frozen encoder's mean-pooled features and start the head from it, so
+    fine-tuning begins where the sentence embedding already separates the labels (LP-FT, Kumar et al. 2022)."""
+    from sklearn.linear_model import LogisticRegression
+
+    loader = eval_loader(dataset, tokenizer, 64)
+    feats = np.zeros((len(dataset), model.classifier.in_features), dtype=np.float32)
+    labels = np.array([f["labels"] for f in dataset.features])
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    with torch.inference_mode():
+        for idx, batch in zip(loader.batch_sampler, loader):
+            feats[idx] = model.pool(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).float().cpu().numpy()
+    model.train()
+    k = model.classifier.out_features
+    present = np.unique(labels)
+    if len(present) < 2:
+        return  # nothing to separate: keep the random head
+    probe = LogisticRegression(max_iter=2000, random_state=seed).fit(feats, labels)
+    weight = np.zeros((k, feats.shape[1]), dtype=np.float32)
+    bias = np.zeros(k, dtype=np.float32)
+    if len(present) == 2:  # one logit difference: split it symmetrically over the two classes
+        weight[present[1]], weight[present[0]] = probe.coef_[0] / 2, -probe.coef_[0] / 2
+        bias[present[1]], bias[present[0]] = probe.intercept_[0] / 2, -probe.intercept_[0] / 2
+    else:
+        weight[present], bias[present] = probe.coef_, probe.intercept_
+    bias[np.setdiff1d(np.arange(k), present)] = -10.0  # labels no training row has: never predicted at first
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(weight))
+        model.classifier.bias.copy_(torch.from_numpy(bias))
+
+
+def resolve_pooling(cfg: SmallModelConfig) -> str:
+    return checkpoint_pooling(resolve_model(cfg.model)) if cfg.pooling == "auto" else cfg.pooling
+
+
 def train_classifier(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict[str, Any]], task: Task,
                      cfg: SmallModelConfig, seed: int, progress: bool = True) -> TrainedClassifier:
     """Fresh model from the pretrained checkpoint, trained on ``train_rows``, best epoch by ``val_rows``."""
     if not train_rows:
         raise ValueError("train_classifier: no training rows (did synthesis produce any usable examples?)")
     pl.seed_everything(seed, workers=True, verbose=False)
+    pooling = resolve_pooling(cfg)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model))
-    module = ClassifierModule(cfg, num_labels=len(task.labels))
-    train_set = EncodedDataset(train_rows, task, tokenizer, cfg.max_length)
-    val_set = EncodedDataset(val_rows, task, tokenizer, cfg.max_length)
+    module = ClassifierModule(cfg, task.labels, pooling)
+    train_set = EncodedDataset(train_rows, task.fields, tokenizer, cfg.max_length)
+    val_set = EncodedDataset(val_rows, task.fields, tokenizer, cfg.max_length)
     if cfg.pad_to_max_length:
         collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=cfg.max_length)
     else:
         collate = DataCollatorWithPadding(tokenizer)
     train_loader = DataLoader(train_set, collate_fn=collate, batch_sampler=BucketBatchSampler(
         train_set.lengths, cfg.batch_size, 1 if cfg.pad_to_max_length else cfg.bucket_size, seed))
+    if cfg.head_init == "probe" and isinstance(module.model, MeanPooledClassifier):
+        init_head_from_probe(module.model, train_set, tokenizer, seed)
+    epochs = cfg.epochs_for(len(train_rows))
     trainer = pl.Trainer(
-        max_epochs=cfg.max_epochs, precision=cfg.precision, accelerator="auto", devices=1, logger=False,
+        max_epochs=epochs, precision=cfg.precision, accelerator="auto", devices=1, logger=False,
         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
         num_sanity_val_steps=0, deterministic=False)
     start = time.perf_counter()
     trainer.fit(module, train_loader, eval_loader(val_set, tokenizer, cfg.eval_batch_size))
     seconds = time.perf_counter() - start
     module.restore_best()
-    log.info("trained %s on %d rows: best epoch %d, val acc per epoch %s (%.1fs)", cfg.name, len(train_rows),
-             module.best_epoch, [round(a, 4) for a in module.epoch_val_acc], seconds)
-    return TrainedClassifier(module=module, tokenizer=tokenizer, task=task, cfg=cfg, train_seconds=seconds,
-                             examples_per_second=len(train_rows) * cfg.max_epochs / seconds,
-                             best_epoch=module.best_epoch, epoch_val_acc=list(module.epoch_val_acc))
+    log.info("trained %s (%s pooling) on %d rows for %d epochs: best epoch %d, val acc per epoch %s (%.1fs)",
+             cfg.name, pooling, len(train_rows), epochs, module.best_epoch,
+             [round(h["val_acc"], 4) for h in module.history], seconds)
+    return TrainedClassifier(
+        model=module.model, tokenizer=tokenizer, labels=list(task.labels), fields=list(task.fields), pooling=pooling,
+        max_length=cfg.max_length, eval_batch_size=cfg.eval_batch_size, precision=cfg.precision,
+        meta={"task": task.name, "base_model": cfg.model, "small_model": cfg.name},
+        train_seconds=seconds, examples_per_second=len(train_rows) * epochs / seconds,
+        best_epoch=module.best_epoch, history=list(module.history))
+
+
+def small_model_config(node: Any) -> SmallModelConfig:
+    """The composed ``small_model`` node as a checked ``SmallModelConfig``."""
+    return OmegaConf.to_object(node)  # type: ignore[return-value]
+
+
+# conf/small_model/*.yaml extend this schema: every default and its type live in SmallModelConfig above,
+# and a wrong type or an unknown key fails at compose time.
+ConfigStore.instance().store(group="small_model", name="schema", node=SmallModelConfig)

@@ -30,5 +30,7 @@ def compose_config(overrides: list[str] | None = None):
     """The composed run config without running anything (tests, benchmarks, notebooks)."""
     from hydra import compose, initialize_config_dir
 
+    import s3.classifier  # noqa: F401  (registers the small_model schema)
+
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides or [])

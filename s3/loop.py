@@ -3,6 +3,7 @@
 ``run_synthetic`` is the S3 algorithm (and, with other settings, the ZeroGen/GoldGen baselines and the
 ablations); read it top to bottom. Each finished round is a folder ``rounds/round_<k>/`` written atomically,
 so a killed run re-started with the same ``hydra.run.dir`` continues after its last complete round.
+The run keeps its latest classifier in ``model/`` and exports its synthetic set to ``dataset/`` (s3.artifacts).
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ import math
 import os
 import shutil
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from s3.classifier import SmallModelConfig, TrainedClassifier, scores, train_classifier
+from s3.artifacts import MODEL_DIR, card_facts, export_dataset, save_classifier
+from s3.classifier import Classifier, SmallModelConfig, small_model_config, scores, train_classifier
 from s3.cleaning import Cleaner, CleaningConfig
 from s3.config import UserError
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
@@ -38,9 +40,8 @@ logging.getLogger("faiss").setLevel(logging.WARNING)  # MAUVE's k-means logs its
 __all__ = ["UserError", "run_experiment", "evaluate"]
 
 
-def evaluate(clf: TrainedClassifier, real: RealData) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Scores on the gold validation and test sets, plus the misclassified gold-validation rows."""
-    task = clf.task
+def evaluate(clf: Classifier, real: RealData) -> tuple[dict[str, float], list[dict[str, Any]], np.ndarray]:
+    """Scores on the gold validation and test sets, the misclassified gold-validation rows, test probabilities."""
     val_probs = clf.predict_proba(real.gold_val)
     test_probs = clf.predict_proba(real.test)
     val, test = scores(val_probs, real.gold_val), scores(test_probs, real.test)
@@ -48,22 +49,29 @@ def evaluate(clf: TrainedClassifier, real: RealData) -> tuple[dict[str, float], 
     for row, probs in zip(real.gold_val, val_probs):
         pred = int(probs.argmax())
         if pred != row["label"]:
-            errors.append({**{k: row[k] for k in ("id", *task.fields)}, "label": row["label"],
-                           "label_text": task.labels[row["label"]], "pred": pred, "pred_text": task.labels[pred],
+            errors.append({**{k: row[k] for k in ("id", *clf.fields)}, "label": row["label"],
+                           "label_text": clf.labels[row["label"]], "pred": pred, "pred_text": clf.labels[pred],
                            "prob_pred": round(float(probs[pred]), 4),
                            "prob_gold": round(float(probs[row["label"]]), 4)})
     metrics = {"val_acc": val["acc"], "val_f1": val["f1"], "test_acc": test["acc"], "test_f1": test["f1"],
                "n_errors": len(errors)}
-    return metrics, errors
+    return metrics, errors, test_probs
 
 
 def train_and_evaluate(train_rows: Sequence[dict[str, Any]], real: RealData, task: Task, small: SmallModelConfig,
-                       seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                       seed: int, round_: int, run_dir: Path,
+                       recorder: RunRecorder) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train, evaluate, log the training curve, and keep the classifier (the run's model is the latest round's)."""
     clf = train_classifier(train_rows, real.gold_val, task, small, seed)
-    metrics, errors = evaluate(clf, real)
+    metrics, errors, test_probs = evaluate(clf, real)
     metrics.update(n_train=len(train_rows), train_seconds=round(clf.train_seconds, 2),
-                   train_examples_per_second=round(clf.examples_per_second, 1), best_epoch=clf.best_epoch)
+                   train_examples_per_second=round(clf.examples_per_second, 1), best_epoch=clf.best_epoch,
+                   epochs=len(clf.history))
     metrics.update({f"labels/{k}": v for k, v in label_counts(train_rows, task).items()})
+    recorder.log_epochs(round_, clf.history)
+    if small.save:
+        clf.meta["round"] = round_
+        save_classifier(clf, real.test, test_probs, run_dir)
     return metrics, errors
 
 
@@ -72,7 +80,7 @@ def run_gold(cfg: DictConfig, task: Task, small: SmallModelConfig, real: RealDat
     """The human-annotated baseline: a stratified, seeded sample of the real train split."""
     assert real.train is not None
     train_rows = stratified_sample(real.train, cfg.loop.gold_train_size, cfg.seed)
-    metrics, errors = train_and_evaluate(train_rows, real, task, small, cfg.seed)
+    metrics, errors = train_and_evaluate(train_rows, real, task, small, cfg.seed, 0, run_dir, recorder)
     atomic_write_jsonl(run_dir / "errors.jsonl", errors)
     recorder.log_round({"round": 0, **metrics})
     return metrics
@@ -125,7 +133,7 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
         """Train from scratch on everything so far, evaluate, measure the gap, write the round."""
         if L.free_llm_between_rounds:
             llm.close()
-        metrics, errors = train_and_evaluate(train_rows, real, task, small, cfg.seed)
+        metrics, errors = train_and_evaluate(train_rows, real, task, small, cfg.seed, k, run_dir, recorder)
         used = usage_diff(llm.usage(), usage_before)
         metrics = {"round": k, "n_new": len(batch.rows), "n_generated": batch.generated, **metrics,
                    **drop_columns(batch.drops), **llm_columns(used)}
@@ -178,6 +186,7 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
                                   max_attempts=L.max_attempts, balance_labels=L.balance_labels)
         train_rows = train_rows + with_ids(batch.rows, k, start=len(train_rows))
         metrics, errors = finish_round(k, train_rows, batch, before, started)
+    export_dataset(train_rows, task, run_dir, card_facts(cfg, metrics))
     return metrics
 
 
@@ -244,7 +253,7 @@ def run_experiment(cfg: DictConfig) -> float:
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
 
     task: Task = instantiate(cfg.task)
-    small: SmallModelConfig = instantiate(cfg.small_model)
+    small: SmallModelConfig = small_model_config(cfg.small_model)
     need_train = cfg.loop.name == "gold" or bool(cfg.gap.enabled and cfg.gap.vs_train)
     real = load_real_data(task, cfg.paths.data_dir, cfg.loop.num_gold_val, cfg.loop.max_test, cfg.seed,
                           need_train=need_train)
@@ -272,6 +281,8 @@ def run_experiment(cfg: DictConfig) -> float:
                    "n_gold_val": len(real.gold_val), "n_test": len(real.test),
                    "wall_seconds": round(time.perf_counter() - start, 2)}
         recorder.write_summary(summary)
+        if small.save:
+            recorder.log_model(run_dir / MODEL_DIR, "model")
         log.info("done: val_acc=%.4f test_acc=%.4f (%s)", summary["val_acc"], summary["test_acc"], run_dir)
         return float(summary["val_acc"])
     finally:

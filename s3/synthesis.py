@@ -11,7 +11,6 @@ import hashlib
 import logging
 import math
 import random
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence

@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -101,6 +101,8 @@ class RunRecorder:
         self.wandb_run = wandb_run
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.rows: list[dict[str, Any]] = read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
+        epochs_path = self.run_dir / "epochs.jsonl"
+        self.epoch_rows: list[dict[str, Any]] = read_jsonl(epochs_path) if epochs_path.exists() else []
 
     def log_round(self, row: Mapping[str, Any]) -> None:
         row = dict(row)
@@ -108,6 +110,29 @@ class RunRecorder:
         atomic_write_jsonl(self.metrics_path, self.rows)
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+    def log_epochs(self, round_: int, history: Sequence[Mapping[str, Any]]) -> None:
+        """A round's training curve: ``epochs.jsonl`` in the run dir, and per round one W&B series of train loss
+        and validation accuracy against the epoch (``epochs/round_<k>/...``)."""
+        rows = [{"round": round_, **h} for h in history]
+        self.epoch_rows = [r for r in self.epoch_rows if r.get("round") != round_] + rows
+        atomic_write_jsonl(self.run_dir / "epochs.jsonl", self.epoch_rows)
+        if self.wandb_run is not None:
+            prefix = f"epochs/round_{round_}"
+            for key in ("train_loss", "val_acc"):
+                self.wandb_run.define_metric(f"{prefix}/{key}", step_metric=f"{prefix}/epoch")
+            for h in history:
+                self.wandb_run.log({f"{prefix}/epoch": h["epoch"], f"{prefix}/train_loss": h["train_loss"],
+                                    f"{prefix}/val_acc": h["val_acc"]})
+
+    def log_model(self, folder: Path, name: str) -> None:
+        """The saved classifier as a W&B model artifact (one version per round; the last one is the run's)."""
+        if self.wandb_run is not None:
+            import wandb
+
+            artifact = wandb.Artifact(f"{self.wandb_run.name}-{name}".replace("/", "_"), type="model")
+            artifact.add_dir(str(folder))
+            self.wandb_run.log_artifact(artifact)
 
     def log_artifact(self, path: Path, name: str) -> None:
         """Each round's synthetic set as a W&B Artifact (versioned, downloadable from the dashboard)."""

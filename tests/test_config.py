@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import REPO, compose_config
-from s3.classifier import SmallModelConfig
+from s3.classifier import SmallModelConfig, small_model_config
 from s3.data import Task
 
 
@@ -28,7 +28,7 @@ def test_task_configs(name):
 
 @pytest.mark.parametrize("name", options("small_model"))
 def test_small_model_configs(name):
-    small = instantiate(compose_config([f"small_model={name}"]).small_model)
+    small = small_model_config(compose_config([f"small_model={name}"]).small_model)
     assert isinstance(small, SmallModelConfig) and small.name == name and small.lr > 0
 
 

@@ -32,7 +32,14 @@ def test_gold_run_beats_chance_and_writes_artifacts(tmp_path):
     # W&B offline run inside the run dir, with the config logged but no secret anywhere in it
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    assert b"gold_train_size" in next(offline[0].glob("run-*.wandb")).read_bytes()  # the config was logged
+    blob = next(offline[0].glob("run-*.wandb")).read_bytes()
+    assert b"gold_train_size" in blob  # the config was logged
+    assert b"epochs/round_0/val_acc" in blob and b"epochs/round_0/train_loss" in blob  # the training curve
+    assert b"sst2-gold-smollm2-s0-model" in blob  # the classifier as a model artifact
+    curve = read_jsonl(run_dir / "epochs.jsonl")
+    assert [c["epoch"] for c in curve] == [0, 1] and curve[-1]["steps"] == 2 * 50  # 800 rows, batches of 16
+    assert abs(max(c["val_acc"] for c in curve) - rows[0]["val_acc"]) < 1e-9
+    assert (run_dir / "model" / "model.safetensors").is_file() and (run_dir / "model" / "head.safetensors").is_file()
     for path in [run_dir / "config.yaml", *offline[0].rglob("*")]:
         if path.is_file():
             blob = path.read_bytes()

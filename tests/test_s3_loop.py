@@ -118,3 +118,24 @@ def test_pair_task_runs_one_round(tmp_path, cache_dir):
     # per-round metrics and each round's synthetic set (as an Artifact) went to the W&B run
     blob = next((run_dir / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
     assert b"gap/mauve" in blob and b"rte-s3-smollm2-s0-synthetic-0" in blob
+
+
+@pytest.mark.slow
+def test_run_leaves_model_dataset_and_training_curves(full_run):
+    import datasets
+
+    summary = json.loads((full_run / "summary.json").read_text())
+    meta = json.loads((full_run / "model" / "s3_classifier.json").read_text())
+    assert meta["pooling"] == "mean" and meta["labels"] == ["negative", "positive"] and meta["round"] == 2
+    assert json.loads((full_run / "model" / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+    assert len(read_jsonl(full_run / "test_predictions.jsonl")) == summary["n_test"]
+    curves = read_jsonl(full_run / "epochs.jsonl")
+    assert [(c["round"], c["epoch"]) for c in curves] == [(k, e) for k in range(3) for e in range(2)]
+    assert all(c["train_loss"] > 0 and 0 <= c["val_acc"] <= 1 for c in curves)
+    ds = datasets.load_dataset(str(full_run / "dataset"), split="train")
+    final_rows = read_jsonl(full_run / "rounds" / "round_2" / "train.jsonl")
+    assert len(ds) == summary["n_train"] == len(final_rows)
+    assert ds.features["label"].names == ["negative", "positive"]
+    assert ds[0]["text"] == final_rows[0]["text"] and set(ds["round"]) == {0, 1, 2}
+    card = (full_run / "dataset" / "README.md").read_text()
+    assert card.startswith("---\nconfigs:") and "| method | s3 |" in card and "gap/mauve" in card

@@ -1,0 +1,137 @@
+"""What a user takes away from a run: the trained classifier and the synthetic data set.
+
+``<run_dir>/model/`` holds the latest round's best-epoch classifier (``s3.classifier.Classifier.load`` or
+``python -m s3.predict``) and ``<run_dir>/test_predictions.jsonl`` its predictions on the run's test rows,
+in ``s3.predict``'s output format. ``<run_dir>/dataset/`` holds the final synthetic set as a Hugging Face
+``datasets`` folder (parquet + dataset card), ready for ``load_dataset`` or ``push_to_hub``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from s3.classifier import Classifier
+from s3.data import Task
+from s3.tracking import atomic_write_jsonl
+
+MODEL_DIR = "model"
+DATASET_DIR = "dataset"
+TEST_PREDICTIONS = "test_predictions.jsonl"
+PROVENANCE_COLUMNS = {
+    "id": "row id in this run (syn-<n>, in the order rows were added)",
+    "round": "0 = the seed set, k = written in error-extrapolation round k",
+    "source": "round 0: the seed prompt kind (rationale, zerogen, goldgen); later: extrapolated-from-<id of the "
+              "real validation row it was written like>",
+    "prompt_hash": "hash of the prompt that produced it (the run's rounds/round_<k>/prompts.jsonl)",
+}
+
+
+def prediction_rows(clf: Classifier, rows: Sequence[Mapping[str, Any]], probs: np.ndarray) -> list[dict[str, Any]]:
+    """One output row per input row: its id and fields, the predicted label name and every label's probability."""
+    out = []
+    for row, p in zip(rows, probs):
+        keep = {k: row[k] for k in ("id", *clf.fields) if k in row}
+        out.append({**keep, "label": clf.labels[int(p.argmax())],
+                    "probs": {name: float(x) for name, x in zip(clf.labels, p)}})
+    return out
+
+
+def save_classifier(clf: Classifier, test_rows: Sequence[Mapping[str, Any]], test_probs: np.ndarray,
+                    run_dir: Path) -> None:
+    clf.save(run_dir / MODEL_DIR)
+    atomic_write_jsonl(run_dir / TEST_PREDICTIONS, prediction_rows(clf, test_rows, test_probs))
+
+
+def card_facts(cfg: DictConfig, final_metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """What the dataset card states about how the data was made."""
+    llm = OmegaConf.to_container(cfg.llm, resolve=True) if "llm" in cfg else {}
+    assert isinstance(llm, dict)
+    return {
+        "task": cfg.task.name, "method": cfg.loop.name, "seed": cfg.seed,
+        "llm": llm.get("model") or llm.get("_target_", "?"), "rounds": cfg.loop.rounds,
+        "small_model": cfg.small_model.name,
+        "scores": {k: final_metrics[k] for k in ("val_acc", "test_acc") if k in final_metrics},
+        "gap": {k: v for k, v in final_metrics.items() if k.startswith(("gap/", "div/"))},
+    }
+
+
+def dataset_card(task: Task, rows: Sequence[Mapping[str, Any]], facts: Mapping[str, Any]) -> str:
+    per_round: dict[int, int] = {}
+    for r in rows:
+        per_round[int(r.get("round", 0))] = per_round.get(int(r.get("round", 0)), 0) + 1
+    per_label = {name: sum(r["label"] == i for r in rows) for i, name in enumerate(task.labels)}
+    lines = [
+        "---",
+        "configs:",
+        "- config_name: default",
+        "  data_files:",
+        "  - split: train",
+        "    path: data/train-*.parquet",
+        "task_categories:",
+        "- text-classification",
+        "tags:",
+        "- synthetic",
+        "- s3",
+        f"- {task.name}",
+        "---",
+        "",
+        f"# Synthetic {task.name} data ({facts['method']}, made with s3)",
+        "",
+        f"{len(rows)} labelled rows for *{task.description}*, written by an LLM with the s3 harness "
+        "(Synthesis Step by Step: a rationale-guided seed set, then rounds of error extrapolation on a small "
+        "real validation set).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| task | {task.name} (fields: {', '.join(task.fields)}; labels: {', '.join(task.labels)}) |",
+        f"| method | {facts['method']} |",
+        f"| LLM | {facts['llm']} |",
+        f"| rounds | {facts['rounds']} configured; rows per round: "
+        f"{', '.join(f'{k}: {n}' for k, n in sorted(per_round.items()))} |",
+        f"| rows per label | {', '.join(f'{k}: {n}' for k, n in per_label.items())} |",
+        f"| seed | {facts['seed']} |",
+        f"| small model trained on it | {facts['small_model']} "
+        f"({', '.join(f'{k} {v:.4f}' for k, v in facts['scores'].items())}) |",
+        "",
+        "## Columns",
+        "",
+        *[f"- `{f}`: the example's {task.field_labels.get(f, f)}" for f in task.fields],
+        "- `label`: the label the row was written for (a `ClassLabel`)",
+        *[f"- `{k}`: {v}" for k, v in PROVENANCE_COLUMNS.items()],
+        "",
+        "## Distance to the real validation set (last round)",
+        "",
+    ]
+    if facts["gap"]:
+        lines += ["| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in facts["gap"].items()]]
+    else:
+        lines.append("Not measured in this run (`gap.enabled=false`).")
+    return "\n".join(lines) + "\n"
+
+
+def export_dataset(rows: Sequence[Mapping[str, Any]], task: Task, run_dir: Path, facts: Mapping[str, Any]) -> Path:
+    """Write ``<run_dir>/dataset/`` (parquet + README.md card) next to itself, then rename it into place."""
+    import datasets
+
+    columns = ["id", *task.fields, "label", *[c for c in PROVENANCE_COLUMNS if c != "id"]]
+    records = [{c: r.get(c) for c in columns} for r in rows]
+    features = datasets.Features({
+        **{c: datasets.Value("string") for c in ("id", *task.fields, "source", "prompt_hash")},
+        "label": datasets.ClassLabel(names=list(task.labels)), "round": datasets.Value("int32")})
+    ds = datasets.Dataset.from_list(records, features=features)
+    final = run_dir / DATASET_DIR
+    partial = run_dir / f".{DATASET_DIR}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    (partial / "data").mkdir(parents=True)
+    ds.to_parquet(str(partial / "data" / "train-00000-of-00001.parquet"))
+    (partial / "README.md").write_text(dataset_card(task, rows, facts), encoding="utf-8")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
+    return final
