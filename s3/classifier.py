@@ -20,9 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -44,6 +42,7 @@ from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTok
 
 from s3.data import Task
 from s3.embed import resolve_model
+from s3.tracking import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -245,25 +244,19 @@ class Classifier:
     def save(self, out_dir: str | Path) -> Path:
         """Write the folder next to ``out_dir`` and rename it into place: it is all there or absent."""
         out_dir = Path(out_dir)
-        partial = out_dir.with_name(f".{out_dir.name}.partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-        if isinstance(self.model, MeanPooledClassifier):
-            self.model.encoder.save_pretrained(partial)
-            save_file({k: v.contiguous() for k, v in self.model.classifier.state_dict().items()}, partial / HEAD_FILE)
-        else:
-            assert isinstance(self.model, ClsHeadClassifier)
-            self.model.model.save_pretrained(partial)
-        self.tokenizer.save_pretrained(partial)
-        meta = {"pooling": self.pooling, "labels": self.labels, "fields": self.fields, "max_length": self.max_length,
-                "eval_batch_size": self.eval_batch_size, "precision": self.precision, **self.meta}
-        (partial / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(partial, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        with atomic_dir(out_dir) as partial:
+            if isinstance(self.model, MeanPooledClassifier):
+                self.model.encoder.save_pretrained(partial)
+                save_file({k: v.contiguous() for k, v in self.model.classifier.state_dict().items()},
+                          partial / HEAD_FILE)
+            else:
+                assert isinstance(self.model, ClsHeadClassifier)
+                self.model.model.save_pretrained(partial)
+            self.tokenizer.save_pretrained(partial)
+            meta = {"pooling": self.pooling, "labels": self.labels, "fields": self.fields,
+                    "max_length": self.max_length, "eval_batch_size": self.eval_batch_size,
+                    "precision": self.precision, **self.meta}
+            (partial / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return out_dir
 
     @classmethod
