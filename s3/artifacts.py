@@ -8,8 +8,6 @@ in ``s3.predict``'s output format. ``<run_dir>/dataset/`` holds the final synthe
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from s3.classifier import Classifier
 from s3.data import Task
-from s3.tracking import atomic_write_jsonl
+from s3.tracking import atomic_dir, atomic_write_jsonl
 
 MODEL_DIR = "model"
 DATASET_DIR = "dataset"
@@ -67,12 +65,7 @@ def dataset_card(task: Task, rows: Sequence[Mapping[str, Any]], facts: Mapping[s
         per_round[int(r.get("round", 0))] = per_round.get(int(r.get("round", 0)), 0) + 1
     per_label = {name: sum(r["label"] == i for r in rows) for i, name in enumerate(task.labels)}
     lines = [
-        "---",
-        "configs:",
-        "- config_name: default",
-        "  data_files:",
-        "  - split: train",
-        "    path: data/train-*.parquet",
+        "---",  # no `configs:` block: datasets then caches by the resolved files, not by a pattern shared by all runs
         "task_categories:",
         "- text-classification",
         "tags:",
@@ -126,12 +119,8 @@ def export_dataset(rows: Sequence[Mapping[str, Any]], task: Task, run_dir: Path,
         "label": datasets.ClassLabel(names=list(task.labels)), "round": datasets.Value("int32")})
     ds = datasets.Dataset.from_list(records, features=features)
     final = run_dir / DATASET_DIR
-    partial = run_dir / f".{DATASET_DIR}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    (partial / "data").mkdir(parents=True)
-    ds.to_parquet(str(partial / "data" / "train-00000-of-00001.parquet"))
-    (partial / "README.md").write_text(dataset_card(task, rows, facts), encoding="utf-8")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(partial, final)
+    with atomic_dir(final) as partial:
+        (partial / "data").mkdir()
+        ds.to_parquet(str(partial / "data" / "train-00000-of-00001.parquet"))
+        (partial / "README.md").write_text(dataset_card(task, rows, facts), encoding="utf-8")
     return final

@@ -138,4 +138,4 @@ def test_run_leaves_model_dataset_and_training_curves(full_run):
     assert ds.features["label"].names == ["negative", "positive"]
     assert ds[0]["text"] == final_rows[0]["text"] and set(ds["round"]) == {0, 1, 2}
     card = (full_run / "dataset" / "README.md").read_text()
-    assert card.startswith("---\nconfigs:") and "| method | s3 |" in card and "gap/mauve" in card
+    assert card.startswith("---\ntask_categories:") and "| method | s3 |" in card and "gap/mauve" in card
