@@ -3,9 +3,10 @@
 Runs the harness itself (Hydra multiruns of run.py): `gold` (the same number of real examples), `zerogen`,
 `goldgen` and `s3` at `--budget` synthetic examples each, for every seed; prints test accuracy mean ± std,
 the per-round curve of s3, and (unless --skip-paper) our pipeline trained on the paper's published synthetic
-data (IMDb, RTE) next to gold data of the same size. Last line: s3_minus_zerogen=<points>.
+data (IMDb, RTE) next to gold data of the same size. Last line: s3_minus_zerogen=<points>. Re-running with the
+same ``--out`` reuses finished multiruns; with ``--write`` the report goes into ``benchmarks/RESULTS.md``.
 
-    .venv/bin/python benchmarks/quality.py [--seeds 0,1,2] [--budget 400] [--max-test 1000] [--ablations [KEYS]] [--skip-paper]
+    .venv/bin/python benchmarks/quality.py [--seeds 0,1,2] [--budget 400] [--max-test 1000] [--ablations [KEYS]] [--skip-paper] [--write]
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from hydra.utils import instantiate
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.results import write_section  # noqa: E402
 
 from s3.classifier import SmallModelConfig, small_model_config, scores, train_classifier
 from s3.cleaning import Cleaner, CleaningConfig
@@ -83,6 +87,7 @@ def main() -> None:
                     help="also run ablations: all (the default when given without a value) or a comma list of "
                          "no_rationale, zerogen_check, no_similarity, no_balance, no_gold_check")
     ap.add_argument("--paper-rows", type=int, default=1500, help="rows sampled from paper data and from gold")
+    ap.add_argument("--write", action="store_true", help="put the report into benchmarks/RESULTS.md")
     args = ap.parse_args()
 
     # Equal budget: the seed set, then the rest split evenly over the extrapolation rounds, so that every round
@@ -134,22 +139,33 @@ def main() -> None:
                 row = json.loads(line)
                 curves[row["round"]].append(row["test_acc"])
 
-    print(f"\n{args.task}, budget {args.budget}, seeds {args.seeds}, test rows <= {args.max_test}, "
-          f"{time.strftime('%Y-%m-%d')}, {time.perf_counter() - start:.0f} s")
-    print("| method | test acc (mean ± std) | train rows (mean) | runs |\n|---|---|---|---|")
+    report: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        report.append(line)
+
+    say(f"{args.task}, budget {args.budget}, seeds {args.seeds}, test rows <= {args.max_test}, "
+        f"{time.perf_counter() - start:.0f} s (finished multiruns are reused)\n")
+    say("| method | test acc (mean ± std) | train rows (mean) | runs | per seed |\n|---|---|---|---|---|")
     for method in [*methods, *ablations]:
         if final[method]:
-            print(f"| {method} | {mean_std(final[method])} | {statistics.mean(sizes[method]):.0f} | "
-                  f"{len(final[method])} |")
-    print("\ns3 per round (test acc mean ± std): " + ", ".join(
+            per_seed = ", ".join(f"{100 * x:.1f}" for x in final[method])
+            say(f"| {method} | {mean_std(final[method])} | {statistics.mean(sizes[method]):.0f} | "
+                f"{len(final[method])} | {per_seed} |")
+    say("\ns3 per round (test acc mean ± std): " + ", ".join(
         f"round {k}: {mean_std(v)}" for k, v in sorted(curves.items())))
     if not args.skip_paper:
-        print("\n| task | training data | rows | test acc |\n|---|---|---|---|")
+        say("\n| task | training data | rows | test acc |\n|---|---|---|---|")
         for task_name in ("imdb", "rte"):
-            paper_synthetic(task_name, "minilm", n_rows=args.paper_rows, max_test=args.max_test, seed=0)
+            for line in paper_synthetic(task_name, "minilm", n_rows=args.paper_rows, max_test=args.max_test, seed=0):
+                report.append(line)
     if final["s3"] and final["zerogen"]:
         gap = 100 * (statistics.mean(final["s3"]) - statistics.mean(final["zerogen"]))
-        print(f"s3_minus_zerogen={gap:.2f}")
+        say(f"\ns3_minus_zerogen={gap:.2f}")
+    if args.write:
+        write_section(f"quality_{args.task}", f"S3 vs baselines on {args.task}: `benchmarks/quality.py`",
+                      "python " + " ".join(sys.argv), "\n".join(report))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           get_linear_schedule_with_warmup)
 
+from s3.config import UserError
 from s3.data import Task
 from s3.embed import resolve_model
 from s3.tracking import atomic_dir
@@ -434,8 +435,11 @@ def train_classifier(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[di
 
 
 def small_model_config(node: Any) -> SmallModelConfig:
-    """The composed ``small_model`` node as a checked ``SmallModelConfig``."""
-    return OmegaConf.to_object(node)  # type: ignore[return-value]
+    """The composed ``small_model`` node as a checked ``SmallModelConfig``; a bad value is a one-line ``UserError``."""
+    try:
+        return OmegaConf.to_object(node)  # type: ignore[return-value]
+    except ValueError as err:
+        raise UserError(str(err)) from None
 
 
 # conf/small_model/*.yaml extend this schema: every default and its type live in SmallModelConfig above,

@@ -448,7 +448,7 @@ class CleaningConfig:
     max_words: int = 400  # per field; for pairs applied to each field
     near_dup_threshold: float = 0.8  # Jaccard of word-shingle sets; >= → near duplicate
     leak_threshold: float = 0.5  # share of a candidate's word n-grams found in one protected text; > → leak
-    leak_ngram: int = 8
+    leak_ngram: int = 5  # words per n-gram of the leak guard
     forbid_label_words: bool = False  # drop examples that state their own label outright
     shingle_size: int = 3  # words per shingle for near-duplicate Jaccard
 

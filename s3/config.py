@@ -31,6 +31,7 @@ def compose_config(overrides: list[str] | None = None):
     from hydra import compose, initialize_config_dir
 
     import s3.classifier  # noqa: F401  (registers the small_model schema)
+    import s3.loop_config  # noqa: F401  (registers the loop schemas)
 
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides or [])

@@ -26,11 +26,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from s3.artifacts import MODEL_DIR, card_facts, export_dataset, save_classifier
 from s3.classifier import Classifier, SmallModelConfig, small_model_config, scores, train_classifier
-from s3.cleaning import Cleaner, CleaningConfig
+from s3.cleaning import Cleaner
 from s3.config import UserError
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
-from s3.synthesis import GoldLabelCheck, SamplingConfig, Synthesizer, drop_columns
+from s3.loop_config import GoldLoopConfig, SyntheticLoopConfig, loop_config
+from s3.synthesis import GoldLabelCheck, Synthesizer, drop_columns
 from s3.tracking import (RunRecorder, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl,
                          resolved_config, start_wandb)
 
@@ -75,11 +76,11 @@ def train_and_evaluate(train_rows: Sequence[dict[str, Any]], real: RealData, tas
     return metrics, errors
 
 
-def run_gold(cfg: DictConfig, task: Task, small: SmallModelConfig, real: RealData, run_dir: Path,
-             recorder: RunRecorder) -> dict[str, Any]:
+def run_gold(cfg: DictConfig, L: GoldLoopConfig, task: Task, small: SmallModelConfig, real: RealData,
+             run_dir: Path, recorder: RunRecorder) -> dict[str, Any]:
     """The human-annotated baseline: a stratified, seeded sample of the real train split."""
     assert real.train is not None
-    train_rows = stratified_sample(real.train, cfg.loop.gold_train_size, cfg.seed)
+    train_rows = stratified_sample(real.train, L.gold_train_size, cfg.seed)
     metrics, errors = train_and_evaluate(train_rows, real, task, small, cfg.seed, 0, run_dir, recorder)
     atomic_write_jsonl(run_dir / "errors.jsonl", errors)
     recorder.log_round({"round": 0, **metrics})
@@ -113,19 +114,17 @@ def last_complete_round(rounds_dir: Path) -> int | None:
 
 # ---- the synthetic-data loop: S3, its ablations, ZeroGen and GoldGen ----------------------------------
 
-def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: RealData, run_dir: Path,
-                  recorder: RunRecorder, llm: LLM, gap: Any) -> dict[str, Any]:
-    L = cfg.loop
+def run_synthetic(cfg: DictConfig, L: SyntheticLoopConfig, task: Task, small: SmallModelConfig, real: RealData,
+                  run_dir: Path, recorder: RunRecorder, llm: LLM, gap: Any) -> dict[str, Any]:
     rounds_dir = run_dir / "rounds"
     # Leak guard: synthetic copies of gold validation or test texts are dropped. The test set is used for
     # nothing else here: no prompt ever sees it.
-    cleaner = Cleaner(CleaningConfig(**L.cleaning), task.fields, task.labels, real.gold_val + real.test,
+    cleaner = Cleaner(L.cleaning, task.fields, task.labels, real.gold_val + real.test,
                       meta_phrases=[task.example_kind])
     gold_check = (GoldLabelCheck(sentence_embedder(cfg), task, real.gold_val, cfg.seed, L.gold_check_min_accuracy)
                   if L.gold_check else None)
-    synth = Synthesizer(llm, task, cleaner, SamplingConfig(**L.sampling), cfg.seed, L.label_check,
-                        L.label_check_margin, embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 else None,
-                        min_source_similarity=L.min_source_similarity, gold_check=gold_check)
+    synth = Synthesizer(llm, task, cleaner, L, cfg.seed, gold_check=gold_check,
+                        embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 else None)
     budget = L.total_budget if L.total_budget is not None else math.inf
 
     def finish_round(k: int, train_rows: list[dict[str, Any]], batch: Any, usage_before: dict[str, Usage],
@@ -153,10 +152,9 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
     if start_round is None:
         # Round 0: the seed set D_0 (rationale-guided for S3; plain or few-shot prompts for the baselines).
         started, before = time.perf_counter(), llm.usage()
-        rationales = synth.rationales(L.rationale_samples, L.rationale_max_tokens) if L.seed_prompt == "rationale" else None
+        rationales = synth.rationales() if L.seed_prompt == "rationale" else None
         size = min(L.seed_size, budget) if L.rounds > 0 else (L.total_budget or L.seed_size)
-        batch = synth.seed_set(size, L.seed_prompt, round_=0, rationales=rationales, demos=real.gold_val,
-                               overgenerate=L.overgenerate, max_attempts=L.max_attempts)
+        batch = synth.seed_set(size, L.seed_prompt, round_=0, rationales=rationales, demos=real.gold_val)
         train_rows = with_ids(batch.rows, 0, start=0)
         if not train_rows:
             raise UserError("round 0 produced no usable synthetic examples (every LLM answer was dropped: "
@@ -182,8 +180,7 @@ def run_synthetic(cfg: DictConfig, task: Task, small: SmallModelConfig, real: Re
             log.info("stopping before round %d: %s", k, "no validation errors" if not errors else "budget used up")
             break
         started, before = time.perf_counter(), llm.usage()
-        batch = synth.extrapolate(errors, L.per_error, round_=k, limit=room, overgenerate=L.overgenerate,
-                                  max_attempts=L.max_attempts, balance_labels=L.balance_labels)
+        batch = synth.extrapolate(errors, round_=k, limit=room)
         train_rows = train_rows + with_ids(batch.rows, k, start=len(train_rows))
         metrics, errors = finish_round(k, train_rows, batch, before, started)
     export_dataset(train_rows, task, run_dir, card_facts(cfg, metrics))
@@ -238,41 +235,52 @@ def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
 
 def wandb_group(cfg: DictConfig, task: Task, llm_choice: str) -> str:
     """Jobs of one multirun share a group (the sweep folder's name); a single run groups by its choices."""
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        return f"sweep-{Path(hydra_cfg.sweep.dir).name}"
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"sweep-{Path(HydraConfig.get().sweep.dir).name}"
     return f"{task.name}-{cfg.loop.name}-{llm_choice}"
 
 
-def run_experiment(cfg: DictConfig) -> float:
-    """Build everything from the composed config, run the chosen loop, write the summary; return val acc."""
+def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM | None = None) -> float:
+    """Build everything from the composed config, run the chosen loop, write the summary; return val acc.
+
+    Under ``run.py`` the run dir is Hydra's; from a notebook or a test, pass a composed config
+    (``s3.config.compose_config``) and a ``run_dir``, and optionally an ``llm`` to use instead of ``cfg.llm``
+    (the caller then closes it).
+    """
     start = time.perf_counter()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    choices = HydraConfig.get().runtime.choices
+    hydra_run = HydraConfig.initialized()
+    if run_dir is None:
+        if not hydra_run:
+            raise ValueError("run_experiment outside run.py needs a run_dir")
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    choices = HydraConfig.get().runtime.choices if hydra_run else {}
+    own_llm = llm is None
+    loop = loop_config(cfg.loop)  # values out of range: one line, before anything is written or loaded
+    small: SmallModelConfig = small_model_config(cfg.small_model)
     config = resolved_config(cfg)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
 
     task: Task = instantiate(cfg.task)
-    small: SmallModelConfig = small_model_config(cfg.small_model)
-    need_train = cfg.loop.name == "gold" or bool(cfg.gap.enabled and cfg.gap.vs_train)
-    real = load_real_data(task, cfg.paths.data_dir, cfg.loop.num_gold_val, cfg.loop.max_test, cfg.seed,
+    need_train = isinstance(loop, GoldLoopConfig) or bool(cfg.gap.enabled and cfg.gap.vs_train)
+    real = load_real_data(task, cfg.paths.data_dir, loop.num_gold_val, loop.max_test, cfg.seed,
                           need_train=need_train)
     atomic_write_jsonl(run_dir / "gold_val_ids.jsonl", [{"id": r["id"], "label": r["label"]} for r in real.gold_val])
 
-    llm_choice = choices.get("llm", "none")
+    llm_choice = choices.get("llm") or (llm.name if llm is not None else "none")
     wandb_run = None
     if cfg.logger.enabled:
         wandb_run = start_wandb(cfg.logger, config, run_dir, group=wandb_group(cfg, task, llm_choice),
                                 name=f"{task.name}-{cfg.loop.name}-{llm_choice}-s{cfg.seed}")
     recorder = RunRecorder(run_dir, wandb_run)
-    llm = None
     try:
-        if cfg.loop.name == "gold":
-            final = run_gold(cfg, task, small, real, run_dir, recorder)
+        if isinstance(loop, GoldLoopConfig):
+            final = run_gold(cfg, loop, task, small, real, run_dir, recorder)
             llm_totals: dict[str, Any] = {}
         else:
-            llm = build_llm(cfg.llm, cfg.paths.cache_dir)
-            final = run_synthetic(cfg, task, small, real, run_dir, recorder, llm, gap_measure(cfg, task, real))
+            llm = llm or build_llm(cfg.llm, cfg.paths.cache_dir)
+            final = run_synthetic(cfg, loop, task, small, real, run_dir, recorder, llm, gap_measure(cfg, task, real))
             llm_totals = {k: (round(v, 2) if isinstance(v, float) else v)
                           for k, v in usage_totals(llm.usage()).as_dict().items()}
         summary = {"task": task.name, "loop": cfg.loop.name, "seed": cfg.seed, "small_model": small.name,
@@ -286,7 +294,7 @@ def run_experiment(cfg: DictConfig) -> float:
         log.info("done: val_acc=%.4f test_acc=%.4f (%s)", summary["val_acc"], summary["test_acc"], run_dir)
         return float(summary["val_acc"])
     finally:
-        if llm is not None:
+        if llm is not None and own_llm:
             llm.close()
         if wandb_run is not None:
             wandb_run.finish()

@@ -19,6 +19,7 @@ from s3.cleaning import DROP_REASONS, Cleaner, normalize, parse_examples, parse_
 from s3.config import UserError
 from s3.data import Task
 from s3.llm import LLM, ChatRequest, Sampling
+from s3.loop_config import SyntheticLoopConfig
 from s3.prompts import PromptBook, prompt_hash
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,6 @@ def label_quotas(errors_per_label: dict[int, int], per_error: int, target: float
 
 
 @dataclass
-class SamplingConfig:
-    temperature: float = 0.9
-    top_p: float = 0.95
-    max_tokens: int = 160
-
-
-@dataclass
 class Batch:
     """What one synthesis step produced: kept rows, drop counts by reason, the prompts it sent."""
 
@@ -86,9 +80,6 @@ class Job:
     label: int
     source: str
     reference: str | None = None  # error extrapolation: the real example its rows should be like
-
-
-LABEL_CHECKS = ("none", "choice", "channel", "auto")
 
 
 class GoldLabelCheck:
@@ -131,27 +122,27 @@ class GoldLabelCheck:
 
 
 class Synthesizer:
-    def __init__(self, llm: LLM, task: Task, cleaner: Cleaner, sampling: SamplingConfig, seed: int,
-                 label_check: str | bool = "none", label_check_margin: float = 1.0,
-                 embedder: Any = None, min_source_similarity: float = 0.0,
-                 gold_check: GoldLabelCheck | None = None):
-        self.llm, self.task, self.cleaner, self.sampling = llm, task, cleaner, sampling
+    """Prompts -> kept rows, with the loop's settings (``SyntheticLoopConfig``: sampling, checks, re-asks)."""
+
+    def __init__(self, llm: LLM, task: Task, cleaner: Cleaner, cfg: SyntheticLoopConfig, seed: int,
+                 embedder: Any = None, gold_check: GoldLabelCheck | None = None):
+        self.llm, self.task, self.cleaner, self.cfg = llm, task, cleaner, cfg
+        self.sampling = cfg.sampling
         self.gold_check = gold_check
-        if min_source_similarity > 0 and embedder is None:
+        if cfg.min_source_similarity > 0 and embedder is None:
             raise ValueError("min_source_similarity > 0 needs a sentence embedder")
-        self.embedder, self.min_source_similarity = embedder, min_source_similarity
+        self.embedder, self.min_source_similarity = embedder, cfg.min_source_similarity
         self.book = PromptBook(task)
         self.seed = seed
-        self.label_check = {False: "none", True: "choice"}.get(label_check, label_check)  # type: ignore[call-overload]
-        if self.label_check not in LABEL_CHECKS:
-            raise ValueError(f"loop.label_check must be one of {LABEL_CHECKS}, got {label_check!r}")
-        self.label_check_margin = label_check_margin
+        self.label_check = cfg.label_check  # auto becomes choice once a backend turns out not to score text
+        self.label_check_margin = cfg.label_check_margin
 
     # ---- rationales ---------------------------------------------------------------------------------
-    def rationales(self, samples: int, max_tokens: int = 160) -> dict[str, Any]:
+    def rationales(self) -> dict[str, Any]:
         """Per label: what characterises it; once: what varies. Falls back to the label description."""
-        sampling = Sampling(n=samples, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-                            max_tokens=max_tokens, seed=derive_seed(self.seed, "rationale"))
+        sampling = Sampling(n=self.cfg.rationale_samples, temperature=self.sampling.temperature,
+                            top_p=self.sampling.top_p, max_tokens=self.cfg.rationale_max_tokens,
+                            seed=derive_seed(self.seed, "rationale"))
         requests = [ChatRequest.from_messages(self.book.messages("rationale_label", **self.book.label_fields(k)),
                                               sampling) for k in range(len(self.task.labels))]
         requests.append(ChatRequest.from_messages(self.book.messages("rationale_variation"), sampling))
@@ -186,8 +177,9 @@ class Synthesizer:
         return jobs
 
     def seed_set(self, size: int, kind: str, round_: int, rationales: dict[str, Any] | None = None,
-                 demos: Sequence[dict[str, Any]] = (), overgenerate: float = 1.5, max_attempts: int = 4) -> Batch:
+                 demos: Sequence[dict[str, Any]] = ()) -> Batch:
         """A label-balanced set of ``size`` rows; re-asks (new seeds) for labels that fell short after cleaning."""
+        overgenerate, max_attempts = self.cfg.overgenerate, self.cfg.max_attempts
         num = len(self.task.labels)
         quota = {k: size // num + (1 if k < size % num else 0) for k in range(num)}
         have: Counter = Counter()
@@ -214,16 +206,16 @@ class Synthesizer:
         return out
 
     # ---- error extrapolation -------------------------------------------------------------------------
-    def extrapolate(self, errors: Sequence[dict[str, Any]], per_error: int, round_: int, limit: float = math.inf,
-                    overgenerate: float = 1.5, max_attempts: int = 4, balance_labels: bool = False) -> Batch:
+    def extrapolate(self, errors: Sequence[dict[str, Any]], round_: int, limit: float = math.inf) -> Batch:
         """For misclassified gold-validation rows: ``per_error`` new examples of each one's gold label, like it.
 
-        The target is ``per_error`` kept rows per error, at most ``limit`` (the room an equal-budget run has left).
-        ``balance_labels`` splits that target evenly over the labels that have errors (see :func:`label_quotas`)
+        The target is ``loop.per_error`` kept rows per error, at most ``limit`` (the room an equal-budget run has
+        left). ``loop.balance_labels`` splits that target evenly over the labels that have errors (see :func:`label_quotas`)
         instead of following the errors: a small model's errors are often mostly of one label (89 of 100 rows in
         one measured round), and a round that adds them tilts the next model to the other label.
         """
-        if not balance_labels:
+        per_error, overgenerate, max_attempts = self.cfg.per_error, self.cfg.overgenerate, self.cfg.max_attempts
+        if not self.cfg.balance_labels:
             return self._extrapolate(errors, per_error, round_, min(limit, len(errors) * per_error), overgenerate,
                                      max_attempts)
         by_label: dict[int, list[dict[str, Any]]] = {}

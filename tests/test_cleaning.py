@@ -382,8 +382,10 @@ def test_paper_rte_synthetic_premises_do_not_count_as_leaks() -> None:
     shared = [r for r in rows if normalize(r["text1"]) in gold_premises]
     assert len(shared) >= 18  # README: 18 premises of this file also occur in the test set
     kept, drops = cleaner(gold, fields=("text1", "text2")).filter(shared)
-    # one hypothesis of this file is LLM talk ('Based on the given description, the sentence "…" is correct.')
-    assert drops["leak"] <= 1 and drops["boilerplate"] <= 1 and len(kept) >= len(shared) - 2
+    # one hypothesis of this file is LLM talk ('Based on the given description, the sentence "…" is correct.'),
+    # and two are a gold test hypothesis with one phrase changed ("NTSB" -> "The Federal Aviation
+    # Administration", "It seems unlikely" -> "It is highly probable"): leaks by their hypothesis, not the premise
+    assert drops["leak"] <= 2 and drops["boilerplate"] <= 1 and len(kept) >= len(shared) - 3
 
 
 # ---------------------------------------------------------------------------------------------- paper data

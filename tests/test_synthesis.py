@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from s3.cleaning import Cleaner, CleaningConfig
+from s3.cleaning import Cleaner
 from s3.config import UserError, compose_config
 from s3.llm import LLM, ChatRequest, Completion
-from s3.synthesis import GoldLabelCheck, SamplingConfig, Synthesizer, label_quotas
+from s3.loop_config import SamplingConfig, SyntheticLoopConfig
+from s3.synthesis import GoldLabelCheck, Synthesizer, label_quotas
 
 VOCAB = [f"{a}{b}" for a in ("bra", "dul", "fen", "gor", "lim", "mor", "pel", "tas") for b in "aeiouyxz"]
 
@@ -43,11 +44,13 @@ class ScriptedLLM(LLM):
         return out
 
 
-def synthesizer(llm: LLM, **kwargs: Any) -> Synthesizer:
-    cfg = compose_config(["task=sst2"])
-    task = instantiate(cfg.task)
-    cleaner = Cleaner(CleaningConfig(), task.fields, task.labels, [], meta_phrases=[task.example_kind])
-    return Synthesizer(llm, task, cleaner, SamplingConfig(max_tokens=16), seed=0, label_check=False, **kwargs)
+def synthesizer(llm: LLM, embedder: Any = None, gold_check: Any = None, **loop: Any) -> Synthesizer:
+    """The loop's own defaults (SyntheticLoopConfig) with the LLM checks off, plus ``loop`` overrides."""
+    task = instantiate(compose_config(["task=sst2"]).task)
+    cfg = SyntheticLoopConfig(**{"label_check": "none", "gold_check": False, "min_source_similarity": 0.0,
+                                 "sampling": SamplingConfig(max_tokens=16), **loop})
+    cleaner = Cleaner(cfg.cleaning, task.fields, task.labels, [], meta_phrases=[task.example_kind])
+    return Synthesizer(llm, task, cleaner, cfg, seed=0, embedder=embedder, gold_check=gold_check)
 
 
 class EchoLLM(LLM):
@@ -83,7 +86,7 @@ ERRORS = [{"id": f"val-{i}", "text": f"a real example number {i}", "label": i % 
 
 
 def test_extrapolation_refills_what_cleaning_dropped_up_to_the_limit() -> None:
-    batch = synthesizer(ScriptedLLM()).extrapolate(ERRORS, per_error=3, round_=1, limit=20, overgenerate=1.2)
+    batch = synthesizer(ScriptedLLM(), per_error=3, overgenerate=1.2).extrapolate(ERRORS, round_=1, limit=20)
     assert len(batch.rows) == 20
     assert batch.drops["unparsable"] > 0  # the chatter was dropped and made up for
     sources = Counter(r["source"] for r in batch.rows)
@@ -94,7 +97,7 @@ def test_extrapolation_refills_what_cleaning_dropped_up_to_the_limit() -> None:
 
 def test_extrapolation_without_limit_aims_at_per_error_rows_per_error() -> None:
     llm = ScriptedLLM()
-    batch = synthesizer(llm).extrapolate(ERRORS, per_error=3, round_=1)
+    batch = synthesizer(llm, per_error=3, balance_labels=False).extrapolate(ERRORS, round_=1)
     first = Counter(next(e["id"] for e in ERRORS if f'"{e["text"]}"' in u.messages[-1].content)
                     for u in llm.seen[: len(ERRORS) * 3])
     assert first == {e["id"]: 3 for e in ERRORS}  # attempt 0: every error, per_error samples each (the paper)
@@ -102,12 +105,12 @@ def test_extrapolation_without_limit_aims_at_per_error_rows_per_error() -> None:
 
 
 def test_extrapolated_rows_unlike_their_source_are_dropped_and_made_up_for() -> None:
-    synth = synthesizer(EchoLLM(), embedder=BagOfWords(), min_source_similarity=0.5)
-    batch = synth.extrapolate(ERRORS, per_error=2, round_=1, limit=16)
+    synth = synthesizer(EchoLLM(), embedder=BagOfWords(), min_source_similarity=0.5, per_error=2)
+    batch = synth.extrapolate(ERRORS, round_=1, limit=16)
     assert len(batch.rows) == 16 and batch.drops["off_source"] > 0
     sources = {f"extrapolated-from-{e['id']}": e["text"] for e in ERRORS}
     assert all(r["text"].startswith(sources[r["source"]]) for r in batch.rows)  # only the echoes were kept
-    unchecked = synthesizer(EchoLLM()).extrapolate(ERRORS, per_error=2, round_=1, limit=16)
+    unchecked = synthesizer(EchoLLM(), per_error=2).extrapolate(ERRORS, round_=1, limit=16)
     assert not all(r["text"].startswith(sources[r["source"]]) for r in unchecked.rows)
     assert unchecked.drops["off_source"] == 0
 
@@ -128,10 +131,10 @@ def test_label_quotas_split_the_round_evenly(errors_per_label, per_error, target
 
 def test_balanced_extrapolation_adds_as_many_rows_of_each_label() -> None:
     errors = ERRORS[:1] + [e for e in ERRORS if e["label"] == 1]  # 1 error of label 0, 5 of label 1
-    plain = synthesizer(ScriptedLLM()).extrapolate(errors, per_error=2, round_=1, limit=8)
+    plain = synthesizer(ScriptedLLM(), per_error=2, balance_labels=False).extrapolate(errors, round_=1, limit=8)
     assert Counter(r["label"] for r in plain.rows) != {0: 4, 1: 4}
     llm = ScriptedLLM()
-    balanced = synthesizer(llm).extrapolate(errors, per_error=2, round_=1, limit=8, balance_labels=True)
+    balanced = synthesizer(llm, per_error=2, balance_labels=True).extrapolate(errors, round_=1, limit=8)
     assert Counter(r["label"] for r in balanced.rows) == {0: 4, 1: 4}
     assert all(r["source"] == "extrapolated-from-val-0" for r in balanced.rows if r["label"] == 0)
     asked = [u for u in llm.seen if '"a real example number 0"' in u.messages[-1].content]
@@ -139,17 +142,17 @@ def test_balanced_extrapolation_adds_as_many_rows_of_each_label() -> None:
 
 
 def test_extrapolation_is_deterministic() -> None:
-    a = synthesizer(ScriptedLLM()).extrapolate(ERRORS, per_error=2, round_=2, limit=12)
-    b = synthesizer(ScriptedLLM()).extrapolate(ERRORS, per_error=2, round_=2, limit=12)
+    a = synthesizer(ScriptedLLM(), per_error=2).extrapolate(ERRORS, round_=2, limit=12)
+    b = synthesizer(ScriptedLLM(), per_error=2).extrapolate(ERRORS, round_=2, limit=12)
     assert [r["text"] for r in a.rows] == [r["text"] for r in b.rows]
 
 
 def test_rationales_pool_parsed_items_and_fall_back_to_label_descriptions() -> None:
     llm = ScriptedLLM("1. **Great acting**: the cast shines\n2. Sentence 3: positive\n3. a clever plot")
-    rationales = synthesizer(llm).rationales(samples=2)
+    rationales = synthesizer(llm, rationale_samples=2).rationales()
     assert rationales["labels"]["positive"] == ["Great acting", "a clever plot"]
     assert rationales["variations"] == ["Great acting", "a clever plot"]
-    empty = synthesizer(ScriptedLLM("Here are 10 ways a sentence can vary:")).rationales(samples=1)
+    empty = synthesizer(ScriptedLLM("Here are 10 ways a sentence can vary:"), rationale_samples=1).rationales()
     assert empty["labels"]["negative"] == ["the sentence expresses a negative opinion of the movie"]
 
 
@@ -206,7 +209,8 @@ class KeepLabel:
 
 
 def test_rows_the_gold_check_rejects_are_counted_and_made_up_for() -> None:
-    batch = synthesizer(ScriptedLLM(), gold_check=KeepLabel()).extrapolate(ERRORS, per_error=2, round_=1, limit=8)
+    batch = synthesizer(ScriptedLLM(), gold_check=KeepLabel(), per_error=2, balance_labels=False,
+                        max_attempts=8).extrapolate(ERRORS, round_=1, limit=8)
     assert batch.drops["gold_disagree"] > 0
     assert len(batch.rows) == 8 and {r["label"] for r in batch.rows} == {1}
 
@@ -232,3 +236,55 @@ def test_gold_check_on_real_data_is_on_for_sst2_and_off_for_rte(data_dir) -> Non
         kept_true = sum(check.agree(held_out)) / len(held_out)
         kept_flipped = sum(check.agree([{**r, "label": 1 - r["label"]} for r in held_out])) / len(held_out)
         assert kept_true > 0.7 and kept_flipped < 0.3
+
+
+# ---- round 0: quotas, rationale sampling, GoldGen demonstrations ------------------------------------------
+
+class PositiveJunkLLM(ScriptedLLM):
+    """Answers every prompt for a positive example with chatter half the time, negative prompts never."""
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        out = []
+        for u in units:
+            rng = random.Random(u.sampling.seed)
+            junk = "Write one positive" in u.messages[-1].content and rng.random() < 0.5
+            text = "Sure! Here is a new sentence:" if junk else " ".join(rng.choice(VOCAB) for _ in range(10))
+            out.append(Completion(text, 3, 3, "stop"))
+        return out
+
+
+def test_seed_set_meets_every_labels_quota_and_counts_the_surplus() -> None:
+    llm = PositiveJunkLLM()
+    batch = synthesizer(llm, overgenerate=1.5).seed_set(7, "zerogen", round_=0)
+    assert Counter(r["label"] for r in batch.rows) == {0: 4, 1: 3}  # quotas 4 + 3, though positive loses half
+    assert batch.drops["unparsable"] > 0  # the positive chatter was dropped and re-asked
+    assert batch.drops["over_quota"] == batch.generated - 7 - sum(v for k, v in batch.drops.items() if k != "over_quota")
+    assert all(r["source"] == "zerogen" and r["round"] == 0 for r in batch.rows)
+
+
+RATIONALES = {"labels": {"negative": [f"neg-aspect-{i}" for i in range(5)],
+                         "positive": [f"pos-aspect-{i}" for i in range(5)]},
+              "variations": [f"variation-{i}" for i in range(4)]}
+
+
+def test_rationale_prompts_sample_their_labels_items() -> None:
+    jobs = synthesizer(ScriptedLLM()).seed_jobs("rationale", 1, count=40, round_=0, attempt=0,
+                                                rationales=RATIONALES, demos=())
+    prompts = [job.messages[-1]["content"] for job in jobs]
+    aspects = Counter(a for p in prompts for a in RATIONALES["labels"]["positive"] if a in p)
+    variations = Counter(v for p in prompts for v in RATIONALES["variations"] if v in p)
+    assert sum(aspects.values()) == 40 and len(aspects) == 5  # one item per prompt, every item drawn
+    assert len(variations) == 4 and max(variations.values()) < 40
+    assert not any("neg-aspect" in p for p in prompts)  # only the prompted label's items
+    assert all(job.label == 1 and job.source == "rationale" for job in jobs)
+
+
+def test_goldgen_prompts_show_gold_rows_as_demonstrations() -> None:
+    demos = [{"id": f"val-{i}", "text": f"gold demonstration number {i}", "label": i % 2} for i in range(10)]
+    jobs = synthesizer(ScriptedLLM()).seed_jobs("goldgen", 0, count=12, round_=0, attempt=0, rationales=None,
+                                                demos=demos)
+    shown = [[d for d in demos if f'"{d["text"]}"' in job.messages[-1]["content"]] for job in jobs]
+    assert all(len(s) == 4 for s in shown)  # four demonstrations per prompt
+    assert len({tuple(d["id"] for d in s) for s in shown}) > 1  # sampled per prompt, not one fixed set
+    labelled = [f'{["negative", "positive"][d["label"]]}: "{d["text"]}"' for s in shown for d in s]
+    assert all(line in "".join(job.messages[-1]["content"] for job in jobs) for line in labelled)

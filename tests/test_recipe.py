@@ -1,0 +1,122 @@
+"""The whole loop in-process with a scripted LLM (seconds, not minutes): rounds, provenance and artifacts.
+
+The LLM is a stand-in; everything else is real (SST-2 rows, MiniLM training, the cleaner, the gold check).
+It also shows the loop runs without Hydra's runtime: a composed config and a run dir are enough.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+
+from conftest import read_jsonl
+from s3.config import compose_config
+from s3.llm import LLM, ChatRequest, Completion
+from s3.loop import run_experiment
+
+WORDS = {"positive": ["wonderful", "moving", "brilliant", "delightful", "charming", "superb", "funny", "warm"],
+         "negative": ["dull", "tedious", "awful", "boring", "clumsy", "lifeless", "bland", "grating"]}
+FILLER = ["the", "film", "cast", "story", "scenes", "director", "script", "ending", "music", "pace", "camera"]
+RATIONALE = "1. the acting\n2. the plot\n3. the soundtrack"
+
+
+class ScriptedSentimentLLM(LLM):
+    """Writes seeded sentiment sentences for the prompted label; an extrapolation reshuffles its example's
+    words (similar to it, without copying its n-grams); re-labels by its words; lists three rationale items."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[str] = []
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        out = []
+        for u in units:
+            prompt = u.messages[-1].content
+            self.prompts.append(prompt)
+            rng = random.Random(u.sampling.seed)
+            if u.choices is not None:  # re-label by the words, or a channel-score request (no scores here)
+                text = (("positive" if any(w in prompt for w in WORDS["positive"]) else "negative")
+                        if set(u.choices) == {"negative", "positive"} else u.choices[0])
+            elif prompt.startswith("List") or "\nList" in prompt:
+                text = RATIONALE
+            else:
+                label = re.search(r"\b(positive|negative)\b", prompt).group(1)  # type: ignore[union-attr]
+                quoted = re.search(r'"([^"]{10,})"', prompt)
+                words = quoted.group(1).split() if quoted else rng.sample(FILLER, 5)
+                rng.shuffle(words)
+                text = " ".join([*words, *rng.sample(WORDS[label], 2), rng.choice(FILLER)])
+            out.append(Completion(text, 10, 10, "stop"))
+        return out
+
+
+TINY = ["logger=none", "gap.enabled=false", "loop.seed_size=16", "loop.num_gold_val=24", "loop.max_test=40",
+        "loop.per_error=1", "loop.max_new_per_round=8", "loop.rationale_samples=1", "small_model.max_epochs=1",
+        "small_model.save=true"]
+
+
+@pytest.fixture(scope="module")
+def s3_run(tmp_path_factory, data_dir) -> tuple[Path, ScriptedSentimentLLM]:
+    run_dir = tmp_path_factory.mktemp("s3_run")
+    cfg = compose_config([*TINY, "loop=s3", "loop.rounds=2", f"paths.data_dir={data_dir}",
+                          f"paths.cache_dir={tmp_path_factory.mktemp('cache')}"])
+    llm = ScriptedSentimentLLM()
+    val_acc = run_experiment(cfg, run_dir=run_dir, llm=llm)
+    assert 0.0 <= val_acc <= 1.0
+    return run_dir, llm
+
+
+def test_round_zero_is_a_balanced_rationale_guided_seed_set(s3_run) -> None:
+    run_dir, llm = s3_run
+    seed_rows = read_jsonl(run_dir / "rounds" / "round_0" / "train.jsonl")
+    assert Counter(r["label"] for r in seed_rows) == {0: 8, 1: 8}
+    assert {r["source"] for r in seed_rows} == {"rationale"}
+    rationales = json.loads((run_dir / "rounds" / "round_0" / "rationales.json").read_text())
+    assert rationales["labels"]["positive"] == ["the acting", "the plot", "the soundtrack"]
+    seed_prompts = [p for p in llm.prompts if p.startswith("Write one") and "Ideas you may use" in p]
+    assert {item for p in seed_prompts for item in ("the acting", "the plot", "the soundtrack") if item in p} == {
+        "the acting", "the plot", "the soundtrack"}
+
+
+def test_each_round_extrapolates_from_the_previous_rounds_errors(s3_run) -> None:
+    run_dir, _ = s3_run
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1, 2]
+    for k in (1, 2):
+        errors = {e["id"]: e for e in read_jsonl(run_dir / "rounds" / f"round_{k - 1}" / "errors.jsonl")}
+        rows = read_jsonl(run_dir / "rounds" / f"round_{k}" / "train.jsonl")
+        new = [r for r in rows if r["round"] == k]
+        assert 0 < len(new) <= 8 and metrics[k]["n_new"] == len(new)
+        for r in new:
+            source = errors[r["source"].removeprefix("extrapolated-from-")]
+            assert r["label"] == source["label"]  # an extrapolated row keeps its error's gold label
+        assert rows[: len(rows) - len(new)] == read_jsonl(run_dir / "rounds" / f"round_{k - 1}" / "train.jsonl")
+
+
+def test_a_run_leaves_its_summary_model_and_dataset(s3_run) -> None:
+    run_dir, _ = s3_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["loop"] == "s3" and summary["llm"]["name"] == "scripted"
+    assert summary["n_train"] == read_jsonl(run_dir / "metrics.jsonl")[-1]["n_train"]
+    assert (run_dir / "model" / "s3_classifier.json").is_file()
+    assert len(read_jsonl(run_dir / "test_predictions.jsonl")) == summary["n_test"] == 40
+    assert (run_dir / "dataset" / "README.md").is_file()
+
+
+def test_goldgen_writes_from_gold_demonstrations(tmp_path, data_dir) -> None:
+    cfg = compose_config([*TINY, "loop=goldgen", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'c'}"])
+    llm = ScriptedSentimentLLM()
+    run_experiment(cfg, run_dir=tmp_path / "run", llm=llm)
+    gold = {r["id"] for r in read_jsonl(tmp_path / "run" / "gold_val_ids.jsonl")}
+    assert len(gold) == 24
+    rows = read_jsonl(tmp_path / "run" / "rounds" / "round_0" / "train.jsonl")
+    assert {r["source"] for r in rows} == {"goldgen"} and len(rows) == 16
+    few_shot = [p for p in llm.prompts if p.startswith("Here are some examples")]
+    assert few_shot and all(p.count('"') >= 8 for p in few_shot)  # four quoted demonstrations each
