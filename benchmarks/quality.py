@@ -25,8 +25,7 @@ from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results import write_section  # noqa: E402
-
-from s3.classifier import SmallModelConfig, small_model_config, scores, train_classifier
+from s3.classifier import SmallModelConfig, scores, small_model_config, train_classifier
 from s3.cleaning import Cleaner, CleaningConfig
 from s3.config import REPO_ROOT, compose_config, default_data_dir
 from s3.data import Task, load_real_data, load_split, stratified_sample
@@ -60,8 +59,10 @@ def paper_synthetic(task_name: str, small_name: str, n_rows: int, max_test: int,
     cleaner = Cleaner(CleaningConfig(max_words=1000), task.fields, task.labels, real.gold_val + real.test)
     kept, drops = cleaner.filter([{**{f: r[f] for f in task.fields}, "label": r["label"]} for r in rows])
     lines = []
-    for name, train in (("paper synthetic (cleaned, sampled)", stratified_sample(kept, n_rows, seed)),
-                        ("gold (real train, sampled)", stratified_sample(load_split(task, "train", data_dir), n_rows, seed))):
+    for name, train in (
+        ("paper synthetic (cleaned, sampled)", stratified_sample(kept, n_rows, seed)),
+        ("gold (real train, sampled)", stratified_sample(load_split(task, "train", data_dir), n_rows, seed)),
+    ):
         clf = train_classifier(train, real.gold_val, task, small, seed, progress=False)
         acc = scores(clf.predict_proba(real.test), real.test)["acc"]
         lines.append(f"| {task_name} | {name} | {len(train)} | {100 * acc:.1f} |")
@@ -83,9 +84,14 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="more Hydra overrides for every run, space separated")
     ap.add_argument("--s3-extra", default="", help="more Hydra overrides for the s3 runs only (e.g. loop.per_error=2)")
     ap.add_argument("--skip-paper", action="store_true")
-    ap.add_argument("--ablations", nargs="?", const="all", default="",
-                    help="also run ablations: all (the default when given without a value) or a comma list of "
-                         "no_rationale, zerogen_check, no_similarity, no_balance, no_gold_check")
+    ap.add_argument(
+        "--ablations",
+        nargs="?",
+        const="all",
+        default="",
+        help="also run ablations: all (the default when given without a value) or a comma list of "
+        "no_rationale, zerogen_check, no_similarity, no_balance, no_gold_check",
+    )
     ap.add_argument("--paper-rows", type=int, default=1500, help="rows sampled from paper data and from gold")
     ap.add_argument("--write", action="store_true", help="put the report into benchmarks/RESULTS.md")
     args = ap.parse_args()
@@ -93,14 +99,24 @@ def main() -> None:
     # Equal budget: the seed set, then the rest split evenly over the extrapolation rounds, so that every round
     # gets feedback (uncapped, round 1 alone would use up the budget whenever there are many errors).
     per_round = (args.budget - args.seed_size) // max(args.rounds, 1)
-    s3_args = [f"loop.total_budget={args.budget}", f"loop.seed_size={args.seed_size}", f"loop.rounds={args.rounds}",
-               f"loop.max_new_per_round={per_round}", *args.s3_extra.split()]
+    s3_args = [
+        f"loop.total_budget={args.budget}",
+        f"loop.seed_size={args.seed_size}",
+        f"loop.rounds={args.rounds}",
+        f"loop.max_new_per_round={per_round}",
+        *args.s3_extra.split(),
+    ]
     known = {  # key -> (label, overrides); which part of S3 moves the number
         "no_rationale": ("s3 without rationales (ZeroGen seed set)", ["loop=s3_no_rationale", *s3_args]),
-        "zerogen_check": ("zerogen + both label checks (LLM, gold)", ["loop=zerogen", f"loop.total_budget={args.budget}",
-                                                                     "loop.label_check=auto", "loop.gold_check=true"]),
+        "zerogen_check": (
+            "zerogen + both label checks (LLM, gold)",
+            ["loop=zerogen", f"loop.total_budget={args.budget}", "loop.label_check=auto", "loop.gold_check=true"],
+        ),
         "no_similarity": ("s3 without the similarity check", ["loop=s3", *s3_args, "loop.min_source_similarity=0"]),
-        "no_balance": ("s3, rows follow the errors' labels (no balancing)", ["loop=s3", *s3_args, "loop.balance_labels=false"]),
+        "no_balance": (
+            "s3, rows follow the errors' labels (no balancing)",
+            ["loop=s3", *s3_args, "loop.balance_labels=false"],
+        ),
         "no_gold_check": ("s3 without the gold label check", ["loop=s3", *s3_args, "loop.gold_check=false"]),
     }
     keys = list(known) if args.ablations == "all" else [k for k in args.ablations.split(",") if k]
@@ -109,8 +125,14 @@ def main() -> None:
     ablations = dict(known[k] for k in keys)
 
     out = Path(args.out or REPO_ROOT / "outputs" / "bench_quality" / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    common = [f"task={args.task}", f"seed={args.seeds}", f"loop.max_test={args.max_test}", "logger=none",
-              "gap.vs_train=false", *args.extra.split()]
+    common = [
+        f"task={args.task}",
+        f"seed={args.seeds}",
+        f"loop.max_test={args.max_test}",
+        "logger=none",
+        "gap.vs_train=false",
+        *args.extra.split(),
+    ]
     start = time.perf_counter()
     n_seeds = len(args.seeds.split(","))
     methods = args.methods.split(",")
@@ -118,8 +140,11 @@ def main() -> None:
         multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={args.budget}"], n_seeds)
     baselines = [m for m in methods if m not in ("gold", "s3")]
     if baselines:  # one-shot methods: the whole budget in round 0
-        multirun(out / "baselines", [*common, f"loop={','.join(baselines)}", f"loop.total_budget={args.budget}"],
-                 n_seeds * len(baselines))
+        multirun(
+            out / "baselines",
+            [*common, f"loop={','.join(baselines)}", f"loop.total_budget={args.budget}"],
+            n_seeds * len(baselines),
+        )
     if "s3" in methods:
         multirun(out / "s3", [*common, "loop=s3", *s3_args], n_seeds)
     for key in keys:
@@ -145,16 +170,22 @@ def main() -> None:
         print(line, flush=True)
         report.append(line)
 
-    say(f"{args.task}, budget {args.budget}, seeds {args.seeds}, test rows <= {args.max_test}, "
-        f"{time.perf_counter() - start:.0f} s (finished multiruns are reused)\n")
+    say(
+        f"{args.task}, budget {args.budget}, seeds {args.seeds}, test rows <= {args.max_test}, "
+        f"{time.perf_counter() - start:.0f} s (finished multiruns are reused)\n"
+    )
     say("| method | test acc (mean ± std) | train rows (mean) | runs | per seed |\n|---|---|---|---|---|")
     for method in [*methods, *ablations]:
         if final[method]:
             per_seed = ", ".join(f"{100 * x:.1f}" for x in final[method])
-            say(f"| {method} | {mean_std(final[method])} | {statistics.mean(sizes[method]):.0f} | "
-                f"{len(final[method])} | {per_seed} |")
-    say("\ns3 per round (test acc mean ± std): " + ", ".join(
-        f"round {k}: {mean_std(v)}" for k, v in sorted(curves.items())))
+            say(
+                f"| {method} | {mean_std(final[method])} | {statistics.mean(sizes[method]):.0f} | "
+                f"{len(final[method])} | {per_seed} |"
+            )
+    say(
+        "\ns3 per round (test acc mean ± std): "
+        + ", ".join(f"round {k}: {mean_std(v)}" for k, v in sorted(curves.items()))
+    )
     if not args.skip_paper:
         say("\n| task | training data | rows | test acc |\n|---|---|---|---|")
         for task_name in ("imdb", "rte"):
@@ -164,8 +195,12 @@ def main() -> None:
         gap = 100 * (statistics.mean(final["s3"]) - statistics.mean(final["zerogen"]))
         say(f"\ns3_minus_zerogen={gap:.2f}")
     if args.write:
-        write_section(f"quality_{args.task}", f"S3 vs baselines on {args.task}: `benchmarks/quality.py`",
-                      "python " + " ".join(sys.argv), "\n".join(report))
+        write_section(
+            f"quality_{args.task}",
+            f"S3 vs baselines on {args.task}: `benchmarks/quality.py`",
+            "python " + " ".join(sys.argv),
+            "\n".join(report),
+        )
 
 
 if __name__ == "__main__":

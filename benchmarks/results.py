@@ -8,23 +8,30 @@ import subprocess
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = ("# Benchmark results\n\nWritten by the scripts in `benchmarks/` (each rewrites its own section); "
-          "figures are from the machine named in each section.\n")
+HEADER = (
+    "# Benchmark results\n\nWritten by the scripts in `benchmarks/` (each rewrites its own section); "
+    "figures are from the machine named in each section.\n"
+)
 
 
 def commit() -> str:
     """The checked-out commit, with ``-dirty`` when tracked files differ from it."""
     repo = RESULTS.parents[1]
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True,
-                           text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True
+    ).stdout.strip()
     return f"{sha}{'-dirty' if dirty else ''}" or "unknown"
 
 
 def write_section(name: str, title: str, command: str, body: str, machine: str = "2 CPU cores, no GPU") -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    section = (f"{start}\n## {title}\n\n`{command}`\n\ncommit `{commit()}`, {dt.date.today().isoformat()}, "
-               f"{machine}\n\n{body.strip()}\n{end}")
+    section = (
+        f"{start}\n## {title}\n\n`{command}`\n\ncommit `{commit()}`, {dt.date.today().isoformat()}, "
+        f"{machine}\n\n{body.strip()}\n{end}"
+    )
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text.rstrip()}\n\n{section}\n"

@@ -27,7 +27,16 @@ from s3.llm.models import default_cache_dir
 from s3.llm.transformers_backend import TransformersLLM
 
 LABELS = ["positive", "negative"]
-TOPICS = ["a heist thriller", "a family cartoon", "a war drama", "a space opera", "a romantic comedy", "a slasher film", "a biopic", "a musical"]
+TOPICS = [
+    "a heist thriller",
+    "a family cartoon",
+    "a war drama",
+    "a space opera",
+    "a romantic comedy",
+    "a slasher film",
+    "a biopic",
+    "a musical",
+]
 
 
 @dataclass
@@ -45,7 +54,12 @@ class Result:
 def make_requests(n: int, max_tokens: int) -> list[ChatRequest]:
     return [
         ChatRequest.from_messages(
-            [{"role": "user", "content": f"Write a {LABELS[i % 2]} movie review of {TOPICS[i // 2 % len(TOPICS)]} (review #{i})."}],
+            [
+                {
+                    "role": "user",
+                    "content": f"Write a {LABELS[i % 2]} movie review of {TOPICS[i // 2 % len(TOPICS)]} (review #{i}).",
+                }
+            ],
             Sampling(temperature=1.0, max_tokens=max_tokens, seed=i),
         )
         for i in range(n)
@@ -101,9 +115,21 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--dtype", default="bfloat16", help="dtype of our backend")
-    ap.add_argument("--naive-dtype", default="float32", help="float32: on CPU, batch-1 bf16 generate is far slower than fp32")
-    ap.add_argument("--naive-limit", type=int, default=0, help="time the naive loop on the first K prompts only and extrapolate (0: all)")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads for (a)/(b) (0: torch default); fewer thrash less on a shared box")
+    ap.add_argument(
+        "--naive-dtype", default="float32", help="float32: on CPU, batch-1 bf16 generate is far slower than fp32"
+    )
+    ap.add_argument(
+        "--naive-limit",
+        type=int,
+        default=0,
+        help="time the naive loop on the first K prompts only and extrapolate (0: all)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads for (a)/(b) (0: torch default); fewer thrash less on a shared box",
+    )
     ap.add_argument("--no-vllm", action="store_true")
     args = ap.parse_args()
     if args.threads:
@@ -111,9 +137,13 @@ def main() -> None:
 
     reqs = make_requests(args.n, args.max_tokens)
     shared = default_cache_dir()
-    backend = TransformersLLM(model="embedded:smollm2", dtype=args.dtype, batch_size=args.batch_size, cache_dir=str(shared))
-    backend.generate(reqs[: 2])  # warm-up (kernel selection, first-call allocations)
-    print(f"N={args.n} prompts, {args.max_tokens} new tokens, batch_size={args.batch_size}, torch threads={torch.get_num_threads()}")
+    backend = TransformersLLM(
+        model="embedded:smollm2", dtype=args.dtype, batch_size=args.batch_size, cache_dir=str(shared)
+    )
+    backend.generate(reqs[:2])  # warm-up (kernel selection, first-call allocations)
+    print(
+        f"N={args.n} prompts, {args.max_tokens} new tokens, batch_size={args.batch_size}, torch threads={torch.get_num_threads()}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         llm = CachedLLM(backend, tmp)
@@ -126,7 +156,10 @@ def main() -> None:
 
     subset = reqs[: args.naive_limit] if args.naive_limit else reqs
     naive = run_naive(backend, subset, args.naive_dtype)
-    print(naive.line() + ("" if len(subset) == len(reqs) else f"   (timed on {len(subset)} of {len(reqs)} prompts)"), flush=True)
+    print(
+        naive.line() + ("" if len(subset) == len(reqs) else f"   (timed on {len(subset)} of {len(reqs)} prompts)"),
+        flush=True,
+    )
     backend.close()
 
     vllm_res = None
@@ -139,12 +172,16 @@ def main() -> None:
         engine.generate(reqs[:2])  # warm-up
         start = time.perf_counter()
         out = engine.generate(reqs)
-        vllm_res = Result("(c) vLLM in-process (CPU)", time.perf_counter() - start, len(out), sum(c[0].completion_tokens for c in out))
+        vllm_res = Result(
+            "(c) vLLM in-process (CPU)", time.perf_counter() - start, len(out), sum(c[0].completion_tokens for c in out)
+        )
         print(vllm_res.line(), flush=True)
         engine.close()
 
     tps = lambda r: r.tokens / r.seconds  # noqa: E731
-    print(f"(b)/(a) tokens/s: {tps(ours) / tps(naive):.1f}x   examples/s: {(ours.examples / ours.seconds) / (naive.examples / naive.seconds):.1f}x")
+    print(
+        f"(b)/(a) tokens/s: {tps(ours) / tps(naive):.1f}x   examples/s: {(ours.examples / ours.seconds) / (naive.examples / naive.seconds):.1f}x"
+    )
     if vllm_res:
         print(f"(c)/(b) tokens/s: {tps(vllm_res) / tps(ours):.2f}x")
     print(f"overhead of ours vs raw backend calls (per token): {tps(raw) / tps(ours) - 1:+.1%}")

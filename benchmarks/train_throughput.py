@@ -14,7 +14,7 @@ import logging
 
 from hydra.utils import instantiate
 
-from s3.classifier import SmallModelConfig, small_model_config, scores, train_classifier
+from s3.classifier import SmallModelConfig, scores, small_model_config, train_classifier
 from s3.config import compose_config, default_data_dir
 from s3.data import load_real_data, stratified_sample
 
@@ -38,17 +38,24 @@ def main() -> None:
     train = stratified_sample(real.train, args.n_train, args.seed)
 
     results = {}
-    for label, cfg in [("dynamic padding + bucketing (ours)", base),
-                       ("fixed padding to 512 (official S3 script)", dataclasses.replace(base, pad_to_max_length=True))]:
+    for label, cfg in [
+        ("dynamic padding + bucketing (ours)", base),
+        ("fixed padding to 512 (official S3 script)", dataclasses.replace(base, pad_to_max_length=True)),
+    ]:
         clf = train_classifier(train, real.gold_val, task, cfg, args.seed, progress=False)
         test = scores(clf.predict_proba(real.test), real.test)
         results[label] = (clf.examples_per_second, test["acc"])
-        print(f"{label:45s} {clf.examples_per_second:8.1f} ex/s  train {clf.train_seconds:7.1f} s  "
-              f"test_acc {test['acc']:.4f}", flush=True)
+        print(
+            f"{label:45s} {clf.examples_per_second:8.1f} ex/s  train {clf.train_seconds:7.1f} s  "
+            f"test_acc {test['acc']:.4f}",
+            flush=True,
+        )
 
     (ours_speed, ours_acc), (fixed_speed, fixed_acc) = results.values()
-    print(f"task={args.task} model={base.name} n_train={args.n_train} epochs={args.epochs} "
-          f"precision={base.precision} test_rows={len(real.test)}")
+    print(
+        f"task={args.task} model={base.name} n_train={args.n_train} epochs={args.epochs} "
+        f"precision={base.precision} test_rows={len(real.test)}"
+    )
     print(f"accuracy difference (ours - fixed): {100 * (ours_acc - fixed_acc):+.2f} points")
     print(f"speedup_vs_fixed_padding={ours_speed / fixed_speed:.2f}")
 

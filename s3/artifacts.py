@@ -8,8 +8,9 @@ in ``s3.predict``'s output format. ``<run_dir>/dataset/`` holds the final synthe
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -25,7 +26,7 @@ PROVENANCE_COLUMNS = {
     "id": "row id in this run (syn-<n>, in the order rows were added)",
     "round": "0 = the seed set, k = written in error-extrapolation round k",
     "source": "round 0: the seed prompt kind (rationale, zerogen, goldgen); later: extrapolated-from-<id of the "
-              "real validation row it was written like>",
+    "real validation row it was written like>",
     "prompt_hash": "hash of the prompt that produced it (the run's rounds/round_<k>/prompts.jsonl)",
 }
 
@@ -35,13 +36,15 @@ def prediction_rows(clf: Classifier, rows: Sequence[Mapping[str, Any]], probs: n
     out = []
     for row, p in zip(rows, probs):
         keep = {k: row[k] for k in ("id", *clf.fields) if k in row}
-        out.append({**keep, "label": clf.labels[int(p.argmax())],
-                    "probs": {name: float(x) for name, x in zip(clf.labels, p)}})
+        out.append(
+            {**keep, "label": clf.labels[int(p.argmax())], "probs": {name: float(x) for name, x in zip(clf.labels, p)}}
+        )
     return out
 
 
-def save_classifier(clf: Classifier, test_rows: Sequence[Mapping[str, Any]], test_probs: np.ndarray,
-                    run_dir: Path) -> None:
+def save_classifier(
+    clf: Classifier, test_rows: Sequence[Mapping[str, Any]], test_probs: np.ndarray, run_dir: Path
+) -> None:
     clf.save(run_dir / MODEL_DIR)
     atomic_write_jsonl(run_dir / TEST_PREDICTIONS, prediction_rows(clf, test_rows, test_probs))
 
@@ -51,8 +54,11 @@ def card_facts(cfg: DictConfig, final_metrics: Mapping[str, Any]) -> dict[str, A
     llm = OmegaConf.to_container(cfg.llm, resolve=True) if "llm" in cfg else {}
     assert isinstance(llm, dict)
     return {
-        "task": cfg.task.name, "method": cfg.loop.name, "seed": cfg.seed,
-        "llm": llm.get("model") or llm.get("_target_", "?"), "rounds": cfg.loop.rounds,
+        "task": cfg.task.name,
+        "method": cfg.loop.name,
+        "seed": cfg.seed,
+        "llm": llm.get("model") or llm.get("_target_", "?"),
+        "rounds": cfg.loop.rounds,
         "small_model": cfg.small_model.name,
         "scores": {k: final_metrics[k] for k in ("val_acc", "test_acc") if k in final_metrics},
         "gap": {k: v for k, v in final_metrics.items() if k.startswith(("gap/", "div/"))},
@@ -114,9 +120,13 @@ def export_dataset(rows: Sequence[Mapping[str, Any]], task: Task, run_dir: Path,
 
     columns = ["id", *task.fields, "label", *[c for c in PROVENANCE_COLUMNS if c != "id"]]
     records = [{c: r.get(c) for c in columns} for r in rows]
-    features = datasets.Features({
-        **{c: datasets.Value("string") for c in ("id", *task.fields, "source", "prompt_hash")},
-        "label": datasets.ClassLabel(names=list(task.labels)), "round": datasets.Value("int32")})
+    features = datasets.Features(
+        {
+            **{c: datasets.Value("string") for c in ("id", *task.fields, "source", "prompt_hash")},
+            "label": datasets.ClassLabel(names=list(task.labels)),
+            "round": datasets.Value("int32"),
+        }
+    )
     ds = datasets.Dataset.from_list(records, features=features)
     final = run_dir / DATASET_DIR
     with atomic_dir(final) as partial:

@@ -23,9 +23,10 @@ import math
 import random
 import time
 from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -37,8 +38,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
-from transformers import (AutoModel, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                          get_linear_schedule_with_warmup)
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    get_linear_schedule_with_warmup,
+)
 
 from s3.config import UserError
 from s3.data import Task
@@ -67,7 +73,7 @@ class SmallModelConfig:
     warmup_ratio: float = 0.1
     dropout: float = 0.1  # before the mean-pooled head (a [CLS] head keeps its model's own dropout)
     head_init: str = "probe"  # probe: start the mean-pooled head from a logistic regression on the frozen
-                              # encoder's features of the training rows (linear probe, then fine-tune); random
+    # encoder's features of the training rows (linear probe, then fine-tune); random
     max_epochs: int = 4
     min_steps: int = 0  # train more epochs than max_epochs when a small set would take fewer optimizer steps
     precision: str = "bf16-mixed"
@@ -90,6 +96,7 @@ class SmallModelConfig:
 def checkpoint_pooling(model_path: str) -> str:
     """How the checkpoint was trained to be read: ``mean`` when it is a sentence-transformers model whose
     pooling module averages tokens (its ``modules.json`` + ``1_Pooling/config.json``), else ``cls``."""
+
     def find(name: str) -> Path | None:
         local = Path(model_path) / name
         if Path(model_path).is_dir():
@@ -97,8 +104,12 @@ def checkpoint_pooling(model_path: str) -> str:
         try:  # a Hub id: the file from the cache or the Hub; offline or missing means "not found"
             from transformers.utils import cached_file
 
-            found = cached_file(model_path, name, _raise_exceptions_for_missing_entries=False,
-                                _raise_exceptions_for_connection_errors=False)
+            found = cached_file(
+                model_path,
+                name,
+                _raise_exceptions_for_missing_entries=False,
+                _raise_exceptions_for_connection_errors=False,
+            )
             return Path(found) if found else None
         except Exception:
             return None
@@ -106,8 +117,7 @@ def checkpoint_pooling(model_path: str) -> str:
     modules = find("modules.json")
     if modules is None:
         return "cls"
-    pooling_dirs = [m["path"] for m in json.loads(modules.read_text())
-                    if str(m.get("type", "")).endswith("Pooling")]
+    pooling_dirs = [m["path"] for m in json.loads(modules.read_text()) if str(m.get("type", "")).endswith("Pooling")]
     if not pooling_dirs:
         return "cls"
     pooling_cfg = find(f"{pooling_dirs[0]}/config.json")
@@ -153,8 +163,9 @@ def build_model(path: str, labels: Sequence[str], pooling: str, dropout: float =
         encoder = AutoModel.from_pretrained(path, **names)
         model: nn.Module = MeanPooledClassifier(encoder, len(labels), dropout)
     else:
-        model = ClsHeadClassifier(AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(labels), **names))
+        model = ClsHeadClassifier(
+            AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels), **names)
+        )
     # from_pretrained returns eval mode and Lightning keeps submodule modes: dropout would stay off.
     return model.train()
 
@@ -198,8 +209,8 @@ class BucketBatchSampler(Sampler[list[int]]):
         span = self.batch_size * self.bucket_size
         batches = []
         for start in range(0, len(order), span):
-            bucket = sorted(order[start:start + span], key=self.lengths.__getitem__)
-            batches += [bucket[i:i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
+            bucket = sorted(order[start : start + span], key=self.lengths.__getitem__)
+            batches += [bucket[i : i + self.batch_size] for i in range(0, len(bucket), self.batch_size)]
         rng.shuffle(batches)
         return iter(batches)
 
@@ -210,7 +221,7 @@ class BucketBatchSampler(Sampler[list[int]]):
 def eval_loader(dataset: EncodedDataset, tokenizer: Any, batch_size: int) -> DataLoader:
     """Sorted by length (less padding); predictions are put back in row order by the caller."""
     order = sorted(range(len(dataset)), key=dataset.lengths.__getitem__)
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     return DataLoader(dataset, batch_sampler=batches, collate_fn=DataCollatorWithPadding(tokenizer))
 
 
@@ -248,15 +259,22 @@ class Classifier:
         with atomic_dir(out_dir) as partial:
             if isinstance(self.model, MeanPooledClassifier):
                 self.model.encoder.save_pretrained(partial)
-                save_file({k: v.contiguous() for k, v in self.model.classifier.state_dict().items()},
-                          partial / HEAD_FILE)
+                save_file(
+                    {k: v.contiguous() for k, v in self.model.classifier.state_dict().items()}, partial / HEAD_FILE
+                )
             else:
                 assert isinstance(self.model, ClsHeadClassifier)
                 self.model.model.save_pretrained(partial)
             self.tokenizer.save_pretrained(partial)
-            meta = {"pooling": self.pooling, "labels": self.labels, "fields": self.fields,
-                    "max_length": self.max_length, "eval_batch_size": self.eval_batch_size,
-                    "precision": self.precision, **self.meta}
+            meta = {
+                "pooling": self.pooling,
+                "labels": self.labels,
+                "fields": self.fields,
+                "max_length": self.max_length,
+                "eval_batch_size": self.eval_batch_size,
+                "precision": self.precision,
+                **self.meta,
+            }
             (partial / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         return out_dir
 
@@ -268,8 +286,12 @@ class Classifier:
         if isinstance(model, MeanPooledClassifier):
             model.classifier.load_state_dict(load_file(path / HEAD_FILE))
         known = ("pooling", "labels", "fields", "max_length", "eval_batch_size", "precision")
-        return cls(model=model.eval(), tokenizer=AutoTokenizer.from_pretrained(path),
-                   meta={k: v for k, v in meta.items() if k not in known}, **{k: meta[k] for k in known})
+        return cls(
+            model=model.eval(),
+            tokenizer=AutoTokenizer.from_pretrained(path),
+            meta={k: v for k, v in meta.items() if k not in known},
+            **{k: meta[k] for k in known},
+        )
 
 
 @dataclass
@@ -324,8 +346,14 @@ class ClassifierModule(pl.LightningModule):
         if self.trainer.sanity_checking:
             return
         losses = self._losses.get(self.current_epoch, [])
-        self.history.append({"epoch": self.current_epoch, "train_loss": float(np.mean(losses)) if losses else math.nan,
-                             "val_acc": acc, "steps": int(self.global_step)})
+        self.history.append(
+            {
+                "epoch": self.current_epoch,
+                "train_loss": float(np.mean(losses)) if losses else math.nan,
+                "val_acc": acc,
+                "steps": int(self.global_step),
+            }
+        )
         if acc > self.best_val_acc:
             self.best_val_acc, self.best_epoch = acc, self.current_epoch
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
@@ -337,9 +365,14 @@ class ClassifierModule(pl.LightningModule):
         for name, param in self.model.named_parameters():
             is_head = name.startswith("classifier.") or ".classifier." in name or ".pre_classifier." in name
             groups[(is_head, name.endswith(no_decay))].append(param)
-        params = [{"params": p, "lr": head_lr if is_head else self.cfg.lr,
-                   "weight_decay": 0.0 if exempt else self.cfg.weight_decay}
-                  for (is_head, exempt), p in groups.items()]
+        params = [
+            {
+                "params": p,
+                "lr": head_lr if is_head else self.cfg.lr,
+                "weight_decay": 0.0 if exempt else self.cfg.weight_decay,
+            }
+            for (is_head, exempt), p in groups.items()
+        ]
         optimizer = torch.optim.AdamW(params, lr=self.cfg.lr)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.cfg.warmup_ratio * total), total)
@@ -355,8 +388,10 @@ def scores(probs: np.ndarray, rows: Sequence[dict[str, Any]]) -> dict[str, float
     preds = torch.as_tensor(probs.argmax(-1))
     labels = torch.as_tensor([r["label"] for r in rows])
     k = probs.shape[1]
-    return {"acc": multiclass_accuracy(preds, labels, k, average="micro").item(),
-            "f1": multiclass_f1_score(preds, labels, k, average="macro").item()}
+    return {
+        "acc": multiclass_accuracy(preds, labels, k, average="micro").item(),
+        "f1": multiclass_f1_score(preds, labels, k, average="macro").item(),
+    }
 
 
 def init_head_from_probe(model: MeanPooledClassifier, dataset: EncodedDataset, tokenizer: Any, seed: int) -> None:
@@ -371,7 +406,9 @@ def init_head_from_probe(model: MeanPooledClassifier, dataset: EncodedDataset, t
     model.to(device).eval()
     with torch.inference_mode():
         for idx, batch in zip(loader.batch_sampler, loader):
-            feats[idx] = model.pool(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).float().cpu().numpy()
+            feats[idx] = (
+                model.pool(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).float().cpu().numpy()
+            )
     model.train()
     k = model.classifier.out_features
     present = np.unique(labels)
@@ -395,8 +432,14 @@ def resolve_pooling(cfg: SmallModelConfig) -> str:
     return checkpoint_pooling(resolve_model(cfg.model)) if cfg.pooling == "auto" else cfg.pooling
 
 
-def train_classifier(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[dict[str, Any]], task: Task,
-                     cfg: SmallModelConfig, seed: int, progress: bool = True) -> TrainedClassifier:
+def train_classifier(
+    train_rows: Sequence[dict[str, Any]],
+    val_rows: Sequence[dict[str, Any]],
+    task: Task,
+    cfg: SmallModelConfig,
+    seed: int,
+    progress: bool = True,
+) -> TrainedClassifier:
     """Fresh model from the pretrained checkpoint, trained on ``train_rows``, best epoch by ``val_rows``."""
     if not train_rows:
         raise ValueError("train_classifier: no training rows (did synthesis produce any usable examples?)")
@@ -410,28 +453,57 @@ def train_classifier(train_rows: Sequence[dict[str, Any]], val_rows: Sequence[di
         collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=cfg.max_length)
     else:
         collate = DataCollatorWithPadding(tokenizer)
-    train_loader = DataLoader(train_set, collate_fn=collate, batch_sampler=BucketBatchSampler(
-        train_set.lengths, cfg.batch_size, 1 if cfg.pad_to_max_length else cfg.bucket_size, seed))
+    train_loader = DataLoader(
+        train_set,
+        collate_fn=collate,
+        batch_sampler=BucketBatchSampler(
+            train_set.lengths, cfg.batch_size, 1 if cfg.pad_to_max_length else cfg.bucket_size, seed
+        ),
+    )
     if cfg.head_init == "probe" and isinstance(module.model, MeanPooledClassifier):
         init_head_from_probe(module.model, train_set, tokenizer, seed)
     epochs = cfg.epochs_for(len(train_rows))
     trainer = pl.Trainer(
-        max_epochs=epochs, precision=cfg.precision, accelerator="auto", devices=1, logger=False,
-        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=progress,
-        num_sanity_val_steps=0, deterministic=False)
+        max_epochs=epochs,
+        precision=cfg.precision,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
     start = time.perf_counter()
     trainer.fit(module, train_loader, eval_loader(val_set, tokenizer, cfg.eval_batch_size))
     seconds = time.perf_counter() - start
     module.restore_best()
-    log.info("trained %s (%s pooling) on %d rows for %d epochs: best epoch %d, val acc per epoch %s (%.1fs)",
-             cfg.name, pooling, len(train_rows), epochs, module.best_epoch,
-             [round(h["val_acc"], 4) for h in module.history], seconds)
+    log.info(
+        "trained %s (%s pooling) on %d rows for %d epochs: best epoch %d, val acc per epoch %s (%.1fs)",
+        cfg.name,
+        pooling,
+        len(train_rows),
+        epochs,
+        module.best_epoch,
+        [round(h["val_acc"], 4) for h in module.history],
+        seconds,
+    )
     return TrainedClassifier(
-        model=module.model, tokenizer=tokenizer, labels=list(task.labels), fields=list(task.fields), pooling=pooling,
-        max_length=cfg.max_length, eval_batch_size=cfg.eval_batch_size, precision=cfg.precision,
+        model=module.model,
+        tokenizer=tokenizer,
+        labels=list(task.labels),
+        fields=list(task.fields),
+        pooling=pooling,
+        max_length=cfg.max_length,
+        eval_batch_size=cfg.eval_batch_size,
+        precision=cfg.precision,
         meta={"task": task.name, "base_model": cfg.model, "small_model": cfg.name},
-        train_seconds=seconds, examples_per_second=len(train_rows) * epochs / seconds,
-        best_epoch=module.best_epoch, history=list(module.history))
+        train_seconds=seconds,
+        examples_per_second=len(train_rows) * epochs / seconds,
+        best_epoch=module.best_epoch,
+        history=list(module.history),
+    )
 
 
 def small_model_config(node: Any) -> SmallModelConfig:

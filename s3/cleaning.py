@@ -106,7 +106,7 @@ _LIST_MARKER = re.compile(
 
 
 def _label_prefix(extra_labels: Iterable[str]) -> re.Pattern[str]:
-    """"Review:", "Positive movie review:", "Sentence 1:" and the task's own field labels ("Premise:")."""
+    """ "Review:", "Positive movie review:", "Sentence 1:" and the task's own field labels ("Premise:")."""
     words = "|".join([_LEAD_LABEL_WORDS, *(re.escape(x) for x in extra_labels)])
     return re.compile(rf"^\W*(?:[a-z'-]+\s+){{0,3}}?(?:{words})s?\s*#?\d{{0,3}}\s*\**\s*[:：]\s*\**\s*", re.I)
 
@@ -122,8 +122,11 @@ def _strip_quotes(text: str) -> str:
             text = text[1:].strip()  # opening quote never closed
         else:
             break
-    if text and text[-1] in _QUOTES.values() and text.count(text[-1]) == 1 and not any(
-        q in text[:-1] for q, c in _QUOTES.items() if c == text[-1]
+    if (
+        text
+        and text[-1] in _QUOTES.values()
+        and text.count(text[-1]) == 1
+        and not any(q in text[:-1] for q, c in _QUOTES.items() if c == text[-1])
     ):
         text = text[:-1].strip()
     return text
@@ -158,8 +161,11 @@ def _after_intro_line(text: str, max_intro_words: int = 25) -> str:
 
     Only a line that ends in a colon, is short and names the task or the answer counts, and only when text follows.
     """
-    intros = [m for m in _LINE_ENDING_IN_COLON.finditer(text)
-              if len(m.group(1).split()) <= max_intro_words and _INTRO_CUE.search(m.group(1)) and text[m.end() :].strip()]
+    intros = [
+        m
+        for m in _LINE_ENDING_IN_COLON.finditer(text)
+        if len(m.group(1).split()) <= max_intro_words and _INTRO_CUE.search(m.group(1)) and text[m.end() :].strip()
+    ]
     if not intros:
         return text
     return re.split(r"\n\s*\n", text[intros[-1].end() :].strip())[0]
@@ -367,8 +373,12 @@ def parse_rationale_items(text: str, max_words: int = 8, exclude: Iterable[str] 
             if sep:
                 item = tail if (_META_ITEM.search(head) or not head.strip()) else head
             item = item.strip().strip("\"'*“”‘’`").rstrip(".:;,!").strip()
-            if (1 <= len(item.split()) <= max_words and _PHRASE.match(item) and not _META_ITEM.search(item)
-                    and not banned & set(normalize(item).split())):
+            if (
+                1 <= len(item.split()) <= max_words
+                and _PHRASE.match(item)
+                and not _META_ITEM.search(item)
+                and not banned & set(normalize(item).split())
+            ):
                 items.append(item)
     return items
 

@@ -11,9 +11,10 @@ import csv
 import json
 import random
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from s3.config import UserError
 
@@ -130,10 +131,7 @@ def _read_csv(path: Path, task: Task, split: str) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.DictReader(fh)
         # line numbers count the header as line 1, as an editor shows them
-        return [
-            _make_row(record, task, f"{path}:{reader.line_num}", f"{split}-{i}")
-            for i, record in enumerate(reader)
-        ]
+        return [_make_row(record, task, f"{path}:{reader.line_num}", f"{split}-{i}") for i, record in enumerate(reader)]
 
 
 def _read_parquet(path: Path, task: Task, split: str) -> list[dict[str, Any]]:
@@ -177,14 +175,18 @@ def load_split(task: Task, split: str, data_dir: str | Path) -> list[dict[str, A
     else:
         looked = Path(data_dir) / task.name / f"{split}.{{{','.join(FORMATS)}}}"
         if task.hub is None:
-            raise DataError(f"no {split} data for task {task.name!r}: looked for {looked}; "
-                            "set S3_DATA_DIR (or paths.data_dir=...) to the folder holding <task>/<split>.jsonl")
+            raise DataError(
+                f"no {split} data for task {task.name!r}: looked for {looked}; "
+                "set S3_DATA_DIR (or paths.data_dir=...) to the folder holding <task>/<split>.jsonl"
+            )
         try:
             rows = _load_from_hub(task, split)
         except Exception as err:  # offline, unknown dataset, ...: say where we looked, once
-            raise DataError(f"no {split} data for task {task.name!r}: looked for {looked} and the Hub "
-                            f"dataset {task.hub.path!r} failed ({type(err).__name__}: {str(err)[:200]}); "
-                            "set S3_DATA_DIR (or paths.data_dir=...) to a local copy") from None
+            raise DataError(
+                f"no {split} data for task {task.name!r}: looked for {looked} and the Hub "
+                f"dataset {task.hub.path!r} failed ({type(err).__name__}: {str(err)[:200]}); "
+                "set S3_DATA_DIR (or paths.data_dir=...) to a local copy"
+            ) from None
     if not rows:
         raise DataError(f"task {task.name!r}: the {split} split is empty ({path or 'hub'})")
     return rows
@@ -233,8 +235,14 @@ class RealData:
     train: list[dict[str, Any]] | None = None  # only loaded for the gold baseline / GoldGen
 
 
-def load_real_data(task: Task, data_dir: str | Path, num_gold_val: int | None, max_test: int | None,
-                   seed: int, need_train: bool = False) -> RealData:
+def load_real_data(
+    task: Task,
+    data_dir: str | Path,
+    num_gold_val: int | None,
+    max_test: int | None,
+    seed: int,
+    need_train: bool = False,
+) -> RealData:
     """Gold validation = a label-stratified, seeded sample of the validation split; test capped by ``max_test``."""
     gold_val = stratified_sample(load_split(task, "validation", data_dir), num_gold_val, seed)
     test = load_split(task, "test", data_dir)

@@ -15,8 +15,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
@@ -25,15 +26,22 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from s3.artifacts import MODEL_DIR, card_facts, export_dataset, save_classifier
-from s3.classifier import Classifier, SmallModelConfig, small_model_config, scores, train_classifier
+from s3.classifier import Classifier, SmallModelConfig, scores, small_model_config, train_classifier
 from s3.cleaning import Cleaner
 from s3.config import UserError
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
 from s3.loop_config import GoldLoopConfig, SyntheticLoopConfig, loop_config
 from s3.synthesis import GoldLabelCheck, Synthesizer, drop_columns
-from s3.tracking import (RunRecorder, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl,
-                         resolved_config, start_wandb)
+from s3.tracking import (
+    RunRecorder,
+    atomic_write_json,
+    atomic_write_jsonl,
+    atomic_write_text,
+    read_jsonl,
+    resolved_config,
+    start_wandb,
+)
 
 log = logging.getLogger(__name__)
 logging.getLogger("faiss").setLevel(logging.WARNING)  # MAUVE's k-means logs its CPU-feature probing at INFO
@@ -50,24 +58,47 @@ def evaluate(clf: Classifier, real: RealData) -> tuple[dict[str, float], list[di
     for row, probs in zip(real.gold_val, val_probs):
         pred = int(probs.argmax())
         if pred != row["label"]:
-            errors.append({**{k: row[k] for k in ("id", *clf.fields)}, "label": row["label"],
-                           "label_text": clf.labels[row["label"]], "pred": pred, "pred_text": clf.labels[pred],
-                           "prob_pred": round(float(probs[pred]), 4),
-                           "prob_gold": round(float(probs[row["label"]]), 4)})
-    metrics = {"val_acc": val["acc"], "val_f1": val["f1"], "test_acc": test["acc"], "test_f1": test["f1"],
-               "n_errors": len(errors)}
+            errors.append(
+                {
+                    **{k: row[k] for k in ("id", *clf.fields)},
+                    "label": row["label"],
+                    "label_text": clf.labels[row["label"]],
+                    "pred": pred,
+                    "pred_text": clf.labels[pred],
+                    "prob_pred": round(float(probs[pred]), 4),
+                    "prob_gold": round(float(probs[row["label"]]), 4),
+                }
+            )
+    metrics = {
+        "val_acc": val["acc"],
+        "val_f1": val["f1"],
+        "test_acc": test["acc"],
+        "test_f1": test["f1"],
+        "n_errors": len(errors),
+    }
     return metrics, errors, test_probs
 
 
-def train_and_evaluate(train_rows: Sequence[dict[str, Any]], real: RealData, task: Task, small: SmallModelConfig,
-                       seed: int, round_: int, run_dir: Path,
-                       recorder: RunRecorder) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def train_and_evaluate(
+    train_rows: Sequence[dict[str, Any]],
+    real: RealData,
+    task: Task,
+    small: SmallModelConfig,
+    seed: int,
+    round_: int,
+    run_dir: Path,
+    recorder: RunRecorder,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train, evaluate, log the training curve, and keep the classifier (the run's model is the latest round's)."""
     clf = train_classifier(train_rows, real.gold_val, task, small, seed)
     metrics, errors, test_probs = evaluate(clf, real)
-    metrics.update(n_train=len(train_rows), train_seconds=round(clf.train_seconds, 2),
-                   train_examples_per_second=round(clf.examples_per_second, 1), best_epoch=clf.best_epoch,
-                   epochs=len(clf.history))
+    metrics.update(
+        n_train=len(train_rows),
+        train_seconds=round(clf.train_seconds, 2),
+        train_examples_per_second=round(clf.examples_per_second, 1),
+        best_epoch=clf.best_epoch,
+        epochs=len(clf.history),
+    )
     metrics.update({f"labels/{k}": v for k, v in label_counts(train_rows, task).items()})
     recorder.log_epochs(round_, clf.history)
     if small.save:
@@ -76,8 +107,15 @@ def train_and_evaluate(train_rows: Sequence[dict[str, Any]], real: RealData, tas
     return metrics, errors
 
 
-def run_gold(cfg: DictConfig, L: GoldLoopConfig, task: Task, small: SmallModelConfig, real: RealData,
-             run_dir: Path, recorder: RunRecorder) -> dict[str, Any]:
+def run_gold(
+    cfg: DictConfig,
+    L: GoldLoopConfig,
+    task: Task,
+    small: SmallModelConfig,
+    real: RealData,
+    run_dir: Path,
+    recorder: RunRecorder,
+) -> dict[str, Any]:
     """The human-annotated baseline: a stratified, seeded sample of the real train split."""
     assert real.train is not None
     train_rows = stratified_sample(real.train, L.gold_train_size, cfg.seed)
@@ -89,8 +127,16 @@ def run_gold(cfg: DictConfig, L: GoldLoopConfig, task: Task, small: SmallModelCo
 
 # ---- rounds on disk (resume) -------------------------------------------------------------------------
 
-def save_round(rounds_dir: Path, k: int, train_rows: Sequence[dict[str, Any]], errors: Sequence[dict[str, Any]],
-               metrics: dict[str, Any], prompts: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+
+def save_round(
+    rounds_dir: Path,
+    k: int,
+    train_rows: Sequence[dict[str, Any]],
+    errors: Sequence[dict[str, Any]],
+    metrics: dict[str, Any],
+    prompts: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> None:
     """Write ``round_<k>/`` into a scratch folder, then rename it into place: a round is all there or absent."""
     final = rounds_dir / f"round_{k}"
     partial = rounds_dir / f".round_{k}.partial"
@@ -114,28 +160,59 @@ def last_complete_round(rounds_dir: Path) -> int | None:
 
 # ---- the synthetic-data loop: S3, its ablations, ZeroGen and GoldGen ----------------------------------
 
-def run_synthetic(cfg: DictConfig, L: SyntheticLoopConfig, task: Task, small: SmallModelConfig, real: RealData,
-                  run_dir: Path, recorder: RunRecorder, llm: LLM, gap: Any) -> dict[str, Any]:
+
+def run_synthetic(
+    cfg: DictConfig,
+    L: SyntheticLoopConfig,
+    task: Task,
+    small: SmallModelConfig,
+    real: RealData,
+    run_dir: Path,
+    recorder: RunRecorder,
+    llm: LLM,
+    gap: Any,
+) -> dict[str, Any]:
     rounds_dir = run_dir / "rounds"
     # Leak guard: synthetic copies of gold validation or test texts are dropped. The test set is used for
     # nothing else here: no prompt ever sees it.
-    cleaner = Cleaner(L.cleaning, task.fields, task.labels, real.gold_val + real.test,
-                      meta_phrases=[task.example_kind])
-    gold_check = (GoldLabelCheck(sentence_embedder(cfg), task, real.gold_val, cfg.seed, L.gold_check_min_accuracy)
-                  if L.gold_check else None)
-    synth = Synthesizer(llm, task, cleaner, L, cfg.seed, gold_check=gold_check,
-                        embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 else None)
+    cleaner = Cleaner(L.cleaning, task.fields, task.labels, real.gold_val + real.test, meta_phrases=[task.example_kind])
+    gold_check = (
+        GoldLabelCheck(sentence_embedder(cfg), task, real.gold_val, cfg.seed, L.gold_check_min_accuracy)
+        if L.gold_check
+        else None
+    )
+    synth = Synthesizer(
+        llm,
+        task,
+        cleaner,
+        L,
+        cfg.seed,
+        gold_check=gold_check,
+        embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 else None,
+    )
     budget = L.total_budget if L.total_budget is not None else math.inf
 
-    def finish_round(k: int, train_rows: list[dict[str, Any]], batch: Any, usage_before: dict[str, Usage],
-                     started: float, extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    def finish_round(
+        k: int,
+        train_rows: list[dict[str, Any]],
+        batch: Any,
+        usage_before: dict[str, Usage],
+        started: float,
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Train from scratch on everything so far, evaluate, measure the gap, write the round."""
         if L.free_llm_between_rounds:
             llm.close()
         metrics, errors = train_and_evaluate(train_rows, real, task, small, cfg.seed, k, run_dir, recorder)
         used = usage_diff(llm.usage(), usage_before)
-        metrics = {"round": k, "n_new": len(batch.rows), "n_generated": batch.generated, **metrics,
-                   **drop_columns(batch.drops), **llm_columns(used)}
+        metrics = {
+            "round": k,
+            "n_new": len(batch.rows),
+            "n_generated": batch.generated,
+            **metrics,
+            **drop_columns(batch.drops),
+            **llm_columns(used),
+        }
         if gold_check is not None:  # the check is on when this reaches loop.gold_check_min_accuracy
             metrics["gold_check_cv_acc"] = round(gold_check.cv_accuracy, 4)
         if gap is not None:
@@ -144,8 +221,15 @@ def run_synthetic(cfg: DictConfig, L: SyntheticLoopConfig, task: Task, small: Sm
         save_round(rounds_dir, k, train_rows, errors, metrics, batch.prompts, extra)
         recorder.log_round(metrics)
         recorder.log_artifact(rounds_dir / f"round_{k}" / "train.jsonl", f"synthetic-{k}")
-        log.info("round %d: +%d rows (n_train=%d), val_acc=%.4f test_acc=%.4f, %d errors", k, len(batch.rows),
-                 len(train_rows), metrics["val_acc"], metrics["test_acc"], len(errors))
+        log.info(
+            "round %d: +%d rows (n_train=%d), val_acc=%.4f test_acc=%.4f, %d errors",
+            k,
+            len(batch.rows),
+            len(train_rows),
+            metrics["val_acc"],
+            metrics["test_acc"],
+            len(errors),
+        )
         return metrics, errors
 
     start_round = last_complete_round(rounds_dir)
@@ -157,8 +241,10 @@ def run_synthetic(cfg: DictConfig, L: SyntheticLoopConfig, task: Task, small: Sm
         batch = synth.seed_set(size, L.seed_prompt, round_=0, rationales=rationales, demos=real.gold_val)
         train_rows = with_ids(batch.rows, 0, start=0)
         if not train_rows:
-            raise UserError("round 0 produced no usable synthetic examples (every LLM answer was dropped: "
-                            f"{dict(batch.drops)}); check the prompts or the LLM")
+            raise UserError(
+                "round 0 produced no usable synthetic examples (every LLM answer was dropped: "
+                f"{dict(batch.drops)}); check the prompts or the LLM"
+            )
         metrics, errors = finish_round(0, train_rows, batch, before, started, {"rationales.json": rationales or {}})
         start_round = 0
     else:
@@ -224,10 +310,18 @@ def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
 
     def measure(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         start = time.perf_counter()
-        out = compute_gap([task.text_of(r) for r in rows], [r["label"] for r in rows], real_texts, real_labels,
-                          len(task.labels), embedder, cfg.gap, cfg.seed,
-                          real_train=[task.text_of(r) for r in train] if train else None,
-                          real_train_labels=[r["label"] for r in train] if train else None)
+        out = compute_gap(
+            [task.text_of(r) for r in rows],
+            [r["label"] for r in rows],
+            real_texts,
+            real_labels,
+            len(task.labels),
+            embedder,
+            cfg.gap,
+            cfg.seed,
+            real_train=[task.text_of(r) for r in train] if train else None,
+            real_train_labels=[r["label"] for r in train] if train else None,
+        )
         return {**out, "gap_seconds": round(time.perf_counter() - start, 2)}
 
     return measure
@@ -264,15 +358,19 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
 
     task: Task = instantiate(cfg.task)
     need_train = isinstance(loop, GoldLoopConfig) or bool(cfg.gap.enabled and cfg.gap.vs_train)
-    real = load_real_data(task, cfg.paths.data_dir, loop.num_gold_val, loop.max_test, cfg.seed,
-                          need_train=need_train)
+    real = load_real_data(task, cfg.paths.data_dir, loop.num_gold_val, loop.max_test, cfg.seed, need_train=need_train)
     atomic_write_jsonl(run_dir / "gold_val_ids.jsonl", [{"id": r["id"], "label": r["label"]} for r in real.gold_val])
 
     llm_choice = choices.get("llm") or (llm.name if llm is not None else "none")
     wandb_run = None
     if cfg.logger.enabled:
-        wandb_run = start_wandb(cfg.logger, config, run_dir, group=wandb_group(cfg, task, llm_choice),
-                                name=f"{task.name}-{cfg.loop.name}-{llm_choice}-s{cfg.seed}")
+        wandb_run = start_wandb(
+            cfg.logger,
+            config,
+            run_dir,
+            group=wandb_group(cfg, task, llm_choice),
+            name=f"{task.name}-{cfg.loop.name}-{llm_choice}-s{cfg.seed}",
+        )
     recorder = RunRecorder(run_dir, wandb_run)
     try:
         if isinstance(loop, GoldLoopConfig):
@@ -281,13 +379,20 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
         else:
             llm = llm or build_llm(cfg.llm, cfg.paths.cache_dir)
             final = run_synthetic(cfg, loop, task, small, real, run_dir, recorder, llm, gap_measure(cfg, task, real))
-            llm_totals = {k: (round(v, 2) if isinstance(v, float) else v)
-                          for k, v in usage_totals(llm.usage()).as_dict().items()}
-        summary = {"task": task.name, "loop": cfg.loop.name, "seed": cfg.seed, "small_model": small.name,
-                   "llm": {"name": llm_choice, **llm_totals},
-                   **{k: final[k] for k in ("val_acc", "val_f1", "test_acc", "test_f1", "n_train")},
-                   "n_gold_val": len(real.gold_val), "n_test": len(real.test),
-                   "wall_seconds": round(time.perf_counter() - start, 2)}
+            llm_totals = {
+                k: (round(v, 2) if isinstance(v, float) else v) for k, v in usage_totals(llm.usage()).as_dict().items()
+            }
+        summary = {
+            "task": task.name,
+            "loop": cfg.loop.name,
+            "seed": cfg.seed,
+            "small_model": small.name,
+            "llm": {"name": llm_choice, **llm_totals},
+            **{k: final[k] for k in ("val_acc", "val_f1", "test_acc", "test_f1", "n_train")},
+            "n_gold_val": len(real.gold_val),
+            "n_test": len(real.test),
+            "wall_seconds": round(time.perf_counter() - start, 2),
+        }
         recorder.write_summary(summary)
         if small.save:
             recorder.log_model(run_dir / MODEL_DIR, "model")

@@ -8,13 +8,14 @@ wrong type or an unknown key fails when the config is composed, and a value out 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from s3.cleaning import CleaningConfig
 from s3.config import UserError
+
 SEED_PROMPTS = ("rationale", "zerogen", "goldgen")
 LABEL_CHECKS = ("none", "choice", "channel", "auto")
 
@@ -34,7 +35,7 @@ class LoopConfig:
 
     name: str
     num_gold_val: int = 200  # the small real validation set (stratified, seeded); S3 learns from its errors
-    max_test: Optional[int] = None  # cap on the test split (CI speed); None = the full split
+    max_test: int | None = None  # cap on the test split (CI speed); None = the full split
 
     def __post_init__(self) -> None:
         at_least(self, "num_gold_val", 1)
@@ -46,7 +47,7 @@ class GoldLoopConfig(LoopConfig):
     """The human-annotated baseline: train on a stratified, seeded sample of the real train split."""
 
     name: str = "gold"
-    gold_train_size: Optional[int] = 2000  # None = the whole train split
+    gold_train_size: int | None = 2000  # None = the whole train split
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,32 +67,40 @@ class SyntheticLoopConfig(LoopConfig):
     # error extrapolation
     rounds: int = 2  # extrapolation rounds after round 0 (the paper published two)
     per_error: int = 3  # new examples written from each misclassified validation example
-    max_new_per_round: Optional[int] = None  # cap on rows added per round
+    max_new_per_round: int | None = None  # cap on rows added per round
     balance_labels: bool = True  # split a round's rows evenly over the labels with errors (up to 2 x per_error
-                                 # per error) instead of following the errors; false = the paper
-    total_budget: Optional[int] = None  # never train on more synthetic rows than this (equal-budget comparisons)
+    # per error) instead of following the errors; false = the paper
+    total_budget: int | None = None  # never train on more synthetic rows than this (equal-budget comparisons)
     # checks on every LLM answer (each drop is counted under drop/<reason>)
     label_check: str = "auto"  # none | choice | channel | auto: drop rows whose label the LLM disagrees with;
-                               # choice re-labels, channel scores P(row | "write one <label> ..."),
-                               # auto = channel where the backend scores text, else choice
+    # choice re-labels, channel scores P(row | "write one <label> ..."),
+    # auto = channel where the backend scores text, else choice
     label_check_margin: float = 1.0  # channel: drop when another label explains the row better by this (nats)
     gold_check: bool = True  # drop rows a logistic regression on sentence embeddings of the gold validation rows
-                             # puts in another label; false = the paper
+    # puts in another label; false = the paper
     gold_check_min_accuracy: float = 0.6  # ...used only where its cross-validated accuracy reaches this
     min_source_similarity: float = 0.3  # extrapolated rows must be this similar (cosine) to their source; 0 = off
     overgenerate: float = 1.2  # prompts per missing row: cleaning drops some
     max_attempts: int = 4  # re-asks (fresh seeds) while a seed label or a round is short of its rows
     free_llm_between_rounds: bool = False  # release the LLM (GPU memory) while the small model trains
-    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
-        max_tokens="${oc.select:task.max_tokens,160}"))  # type: ignore[arg-type]  # per task: one example's length
+    sampling: SamplingConfig = field(
+        default_factory=lambda: SamplingConfig(max_tokens="${oc.select:task.max_tokens,160}")
+    )  # type: ignore[arg-type]  # per task: one example's length
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         one_of(self, "seed_prompt", SEED_PROMPTS)
         one_of(self, "label_check", LABEL_CHECKS)
-        for key in ("seed_size", "per_error", "rationale_samples", "rationale_max_tokens", "max_attempts",
-                    "max_new_per_round", "total_budget"):
+        for key in (
+            "seed_size",
+            "per_error",
+            "rationale_samples",
+            "rationale_max_tokens",
+            "max_attempts",
+            "max_new_per_round",
+            "total_budget",
+        ):
             at_least(self, key, 1)
         at_least(self, "rounds", 0)
         at_least(self, "overgenerate", 1.0)

@@ -14,8 +14,9 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from s3.artifacts import MODEL_DIR, prediction_rows
 from s3.classifier import META_FILE, Classifier
@@ -33,8 +34,10 @@ def model_dir(path: str | Path) -> Path:
             return candidate
     if not path.exists():
         raise UserError(f"{path}: no such run dir")
-    raise UserError(f"{path}: no saved classifier here (looked for {path / MODEL_DIR / META_FILE}); "
-                    "runs save one unless small_model.save=false")
+    raise UserError(
+        f"{path}: no saved classifier here (looked for {path / MODEL_DIR / META_FILE}); "
+        "runs save one unless small_model.save=false"
+    )
 
 
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -67,8 +70,9 @@ def read_inputs(path: str | Path, fields: Sequence[str]) -> list[dict[str, Any]]
             raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
         missing = [f for f in fields if f not in record]
         if missing:
-            raise UserError(f"{where}: missing column {missing[0]!r} (this classifier reads {list(fields)}; "
-                            f"have {sorted(record)})")
+            raise UserError(
+                f"{where}: missing column {missing[0]!r} (this classifier reads {list(fields)}; have {sorted(record)})"
+            )
         row = {f: record[f] for f in fields}
         bad = [f for f in fields if not isinstance(row[f], str) or not row[f].strip()]
         if bad:

@@ -9,13 +9,23 @@ label is involved, ``label, label_description``; plus per-template fields: ``asp
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from s3.config import UserError
 from s3.data import Task
 
-TEMPLATES = ("system", "rationale_label", "rationale_variation", "seed", "zerogen", "goldgen", "demonstration",
-             "extrapolate", "relabel")
+TEMPLATES = (
+    "system",
+    "rationale_label",
+    "rationale_variation",
+    "seed",
+    "zerogen",
+    "goldgen",
+    "demonstration",
+    "extrapolate",
+    "relabel",
+)
 
 
 def prompt_hash(messages: list[dict[str, str]]) -> str:
@@ -34,10 +44,13 @@ class PromptBook:
         self.task = task
         names = [task.field_labels[f] for f in task.fields]
         self.common = {
-            "description": task.description, "example_kind": task.example_kind,
+            "description": task.description,
+            "example_kind": task.example_kind,
             "example_kind_title": task.example_kind[:1].upper() + task.example_kind[1:],
-            "label_options": " or ".join(task.labels), "num_items": 10,
-            "field1": names[0], "field2": names[-1],
+            "label_options": " or ".join(task.labels),
+            "num_items": 10,
+            "field1": names[0],
+            "field2": names[-1],
         }
 
     def label_fields(self, label: int) -> dict[str, str]:
@@ -54,8 +67,10 @@ class PromptBook:
         try:
             return self.task.prompts[template].format(**{**self.common, **fields})
         except KeyError as err:
-            raise UserError(f"prompt template {template!r} of task {self.task.name!r} uses unknown field {err}; "
-                            f"available: {sorted({**self.common, **fields})}") from None
+            raise UserError(
+                f"prompt template {template!r} of task {self.task.name!r} uses unknown field {err}; "
+                f"available: {sorted({**self.common, **fields})}"
+            ) from None
 
     def messages(self, template: str, **fields: Any) -> list[dict[str, str]]:
         system = self.task.prompts["system"]

@@ -12,8 +12,9 @@ import logging
 import math
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from s3.cleaning import DROP_REASONS, Cleaner, normalize, parse_examples, parse_rationale_items
 from s3.config import UserError
@@ -41,8 +42,9 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
-def label_quotas(errors_per_label: dict[int, int], per_error: int, target: float,
-                 max_per_error_factor: int = 2) -> dict[int, int]:
+def label_quotas(
+    errors_per_label: dict[int, int], per_error: int, target: float, max_per_error_factor: int = 2
+) -> dict[int, int]:
     """Split ``target`` rows evenly over the labels with errors; a label with few errors gets at most
     ``max_per_error_factor * per_error`` rows per error and what it cannot take goes to the others."""
     target = int(min(target, sum(errors_per_label.values()) * per_error * max_per_error_factor))
@@ -92,8 +94,15 @@ class GoldLabelCheck:
     about entailment, so on RTE it stays off).
     """
 
-    def __init__(self, embedder: Any, task: Task, gold_rows: Sequence[dict[str, Any]], seed: int,
-                 min_accuracy: float = 0.6, folds: int = 5):
+    def __init__(
+        self,
+        embedder: Any,
+        task: Task,
+        gold_rows: Sequence[dict[str, Any]],
+        seed: int,
+        min_accuracy: float = 0.6,
+        folds: int = 5,
+    ):
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import StratifiedKFold, cross_val_score
 
@@ -110,8 +119,13 @@ class GoldLabelCheck:
         self.cv_accuracy = float(cross_val_score(LogisticRegression(max_iter=2000), x, y, cv=cv).mean())
         if self.cv_accuracy >= min_accuracy:
             self.model = LogisticRegression(max_iter=2000).fit(x, y)
-        log.info("gold label check %s: cross-validated accuracy %.3f on %d gold rows (needs %.2f)",
-                 "on" if self.model is not None else "off", self.cv_accuracy, len(y), min_accuracy)
+        log.info(
+            "gold label check %s: cross-validated accuracy %.3f on %d gold rows (needs %.2f)",
+            "on" if self.model is not None else "off",
+            self.cv_accuracy,
+            len(y),
+            min_accuracy,
+        )
 
     def agree(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
         """True where the classifier predicts the row's intended label (always True while the check is off)."""
@@ -124,8 +138,16 @@ class GoldLabelCheck:
 class Synthesizer:
     """Prompts -> kept rows, with the loop's settings (``SyntheticLoopConfig``: sampling, checks, re-asks)."""
 
-    def __init__(self, llm: LLM, task: Task, cleaner: Cleaner, cfg: SyntheticLoopConfig, seed: int,
-                 embedder: Any = None, gold_check: GoldLabelCheck | None = None):
+    def __init__(
+        self,
+        llm: LLM,
+        task: Task,
+        cleaner: Cleaner,
+        cfg: SyntheticLoopConfig,
+        seed: int,
+        embedder: Any = None,
+        gold_check: GoldLabelCheck | None = None,
+    ):
         self.llm, self.task, self.cleaner, self.cfg = llm, task, cleaner, cfg
         self.sampling = cfg.sampling
         self.gold_check = gold_check
@@ -140,15 +162,23 @@ class Synthesizer:
     # ---- rationales ---------------------------------------------------------------------------------
     def rationales(self) -> dict[str, Any]:
         """Per label: what characterises it; once: what varies. Falls back to the label description."""
-        sampling = Sampling(n=self.cfg.rationale_samples, temperature=self.sampling.temperature,
-                            top_p=self.sampling.top_p, max_tokens=self.cfg.rationale_max_tokens,
-                            seed=derive_seed(self.seed, "rationale"))
-        requests = [ChatRequest.from_messages(self.book.messages("rationale_label", **self.book.label_fields(k)),
-                                              sampling) for k in range(len(self.task.labels))]
+        sampling = Sampling(
+            n=self.cfg.rationale_samples,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            max_tokens=self.cfg.rationale_max_tokens,
+            seed=derive_seed(self.seed, "rationale"),
+        )
+        requests = [
+            ChatRequest.from_messages(self.book.messages("rationale_label", **self.book.label_fields(k)), sampling)
+            for k in range(len(self.task.labels))
+        ]
         requests.append(ChatRequest.from_messages(self.book.messages("rationale_variation"), sampling))
         answers = self.llm.generate(requests, call_site="rationale")
-        lists = [_unique(item for c in completions for item in parse_rationale_items(c.text, exclude=self.task.labels))
-                 for completions in answers]
+        lists = [
+            _unique(item for c in completions for item in parse_rationale_items(c.text, exclude=self.task.labels))
+            for completions in answers
+        ]
         per_label = {}
         for k, name in enumerate(self.task.labels):
             per_label[name] = lists[k] or [self.book.label_fields(k)["label_description"]]
@@ -156,8 +186,16 @@ class Synthesizer:
         return {"labels": per_label, "variations": variations}
 
     # ---- seed sets -----------------------------------------------------------------------------------
-    def seed_jobs(self, kind: str, label: int, count: int, round_: int, attempt: int,
-                  rationales: dict[str, Any] | None, demos: Sequence[dict[str, Any]]) -> list[Job]:
+    def seed_jobs(
+        self,
+        kind: str,
+        label: int,
+        count: int,
+        round_: int,
+        attempt: int,
+        rationales: dict[str, Any] | None,
+        demos: Sequence[dict[str, Any]],
+    ) -> list[Job]:
         """``count`` prompts for ``label``: rationale-guided (S3), plain (ZeroGen) or few-shot (GoldGen)."""
         rng = random.Random(derive_seed(self.seed, round_, kind, label, attempt))
         fields = self.book.label_fields(label)
@@ -165,19 +203,35 @@ class Synthesizer:
         for _ in range(count):
             if kind == "rationale":
                 assert rationales is not None
-                fields = {**fields, "aspect": rng.choice(rationales["labels"][self.task.labels[label]]),
-                          "variation": rng.choice(rationales["variations"])}
+                fields = {
+                    **fields,
+                    "aspect": rng.choice(rationales["labels"][self.task.labels[label]]),
+                    "variation": rng.choice(rationales["variations"]),
+                }
             elif kind == "goldgen":
                 shots = rng.sample(list(demos), min(4, len(demos)))
-                fields = {**fields, "demonstrations": "\n".join(self.book.render(
-                    "demonstration", example=self.book.example(d), label=self.task.labels[d["label"]]) for d in shots)}
+                fields = {
+                    **fields,
+                    "demonstrations": "\n".join(
+                        self.book.render(
+                            "demonstration", example=self.book.example(d), label=self.task.labels[d["label"]]
+                        )
+                        for d in shots
+                    ),
+                }
             elif kind != "zerogen":
                 raise ValueError(f"unknown seed prompt kind {kind!r}; expected rationale, zerogen or goldgen")
             jobs.append(Job(self.book.messages(kind if kind != "rationale" else "seed", **fields), label, kind))
         return jobs
 
-    def seed_set(self, size: int, kind: str, round_: int, rationales: dict[str, Any] | None = None,
-                 demos: Sequence[dict[str, Any]] = ()) -> Batch:
+    def seed_set(
+        self,
+        size: int,
+        kind: str,
+        round_: int,
+        rationales: dict[str, Any] | None = None,
+        demos: Sequence[dict[str, Any]] = (),
+    ) -> Batch:
         """A label-balanced set of ``size`` rows; re-asks (new seeds) for labels that fell short after cleaning."""
         overgenerate, max_attempts = self.cfg.overgenerate, self.cfg.max_attempts
         num = len(self.task.labels)
@@ -188,9 +242,13 @@ class Synthesizer:
             missing = {k: quota[k] - have[k] for k in quota if have[k] < quota[k]}
             if not missing:
                 break
-            jobs = [job for k, need in missing.items()
-                    for job in self.seed_jobs(kind, k, max(1, round(need * overgenerate)), round_, attempt,
-                                              rationales, demos)]
+            jobs = [
+                job
+                for k, need in missing.items()
+                for job in self.seed_jobs(
+                    kind, k, max(1, round(need * overgenerate)), round_, attempt, rationales, demos
+                )
+            ]
             batch = self.run_jobs(jobs, samples=1, round_=round_, call_site="seed", attempt=attempt)
             for row in batch.rows:  # keep at most the quota per label
                 if have[row["label"]] < quota[row["label"]]:
@@ -201,8 +259,9 @@ class Synthesizer:
             batch.rows = []
             out.extend(batch)
         if len(out.rows) < size:
-            log.warning("seed set: %d of %d rows after %d attempts (see drop counts)", len(out.rows), size,
-                        max_attempts)
+            log.warning(
+                "seed set: %d of %d rows after %d attempts (see drop counts)", len(out.rows), size, max_attempts
+            )
         return out
 
     # ---- error extrapolation -------------------------------------------------------------------------
@@ -216,24 +275,35 @@ class Synthesizer:
         """
         per_error, overgenerate, max_attempts = self.cfg.per_error, self.cfg.overgenerate, self.cfg.max_attempts
         if not self.cfg.balance_labels:
-            return self._extrapolate(errors, per_error, round_, min(limit, len(errors) * per_error), overgenerate,
-                                     max_attempts)
+            return self._extrapolate(
+                errors, per_error, round_, min(limit, len(errors) * per_error), overgenerate, max_attempts
+            )
         by_label: dict[int, list[dict[str, Any]]] = {}
         for e in errors:
             by_label.setdefault(e["label"], []).append(e)
-        quotas = label_quotas({k: len(v) for k, v in by_label.items()}, per_error,
-                              min(limit, len(errors) * per_error))
+        quotas = label_quotas({k: len(v) for k, v in by_label.items()}, per_error, min(limit, len(errors) * per_error))
         out = Batch()
         for label, quota in sorted(quotas.items()):
             if quota == 0:
                 continue
             group = by_label[label]
-            out.extend(self._extrapolate(group, math.ceil(quota / len(group)), round_, quota, overgenerate,
-                                         max_attempts, tag=label))
+            out.extend(
+                self._extrapolate(
+                    group, math.ceil(quota / len(group)), round_, quota, overgenerate, max_attempts, tag=label
+                )
+            )
         return out
 
-    def _extrapolate(self, errors: Sequence[dict[str, Any]], per_error: int, round_: int, target: float,
-                     overgenerate: float, max_attempts: int, tag: Any = None) -> Batch:
+    def _extrapolate(
+        self,
+        errors: Sequence[dict[str, Any]],
+        per_error: int,
+        round_: int,
+        target: float,
+        overgenerate: float,
+        max_attempts: int,
+        tag: Any = None,
+    ) -> Batch:
         """``target`` kept rows from ``errors``, ``per_error`` samples per prompt.
 
         Attempt 0 asks every error (the paper) or, when that would overshoot the target, a seeded sample. Rows that
@@ -256,11 +326,26 @@ class Synthesizer:
                 rng = random.Random(derive_seed(self.seed, round_, "errors", *group, attempt))
                 chosen = sorted(rng.sample(list(errors), len(errors)), key=lambda e: asked[e["id"]])[:want]
             asked.update(e["id"] for e in chosen)
-            jobs = [Job(self.book.messages("extrapolate", example=self.book.example(e),
-                                           **self.book.label_fields(e["label"])),
-                        e["label"], f"extrapolated-from-{e['id']}", self.task.text_of(e)) for e in chosen]
-            out.extend(self.run_jobs(jobs, samples=per_error, round_=round_, call_site="extrapolate",
-                                     attempt=f"{tag}-{attempt}" if group else attempt))
+            jobs = [
+                Job(
+                    self.book.messages(
+                        "extrapolate", example=self.book.example(e), **self.book.label_fields(e["label"])
+                    ),
+                    e["label"],
+                    f"extrapolated-from-{e['id']}",
+                    self.task.text_of(e),
+                )
+                for e in chosen
+            ]
+            out.extend(
+                self.run_jobs(
+                    jobs,
+                    samples=per_error,
+                    round_=round_,
+                    call_site="extrapolate",
+                    attempt=f"{tag}-{attempt}" if group else attempt,
+                )
+            )
         if len(out.rows) > target:
             out.drops["over_quota"] += len(out.rows) - int(target)
             out.rows = out.rows[: int(target)]
@@ -271,9 +356,13 @@ class Synthesizer:
         out = Batch()
         requests = []
         for i, job in enumerate(jobs):
-            sampling = Sampling(n=samples, temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-                                max_tokens=self.sampling.max_tokens,
-                                seed=derive_seed(self.seed, round_, call_site, attempt, i))
+            sampling = Sampling(
+                n=samples,
+                temperature=self.sampling.temperature,
+                top_p=self.sampling.top_p,
+                max_tokens=self.sampling.max_tokens,
+                seed=derive_seed(self.seed, round_, call_site, attempt, i),
+            )
             requests.append(ChatRequest.from_messages(job.messages, sampling))
             out.prompts[prompt_hash(job.messages)] = job.messages
         candidates, references = [], {}
@@ -284,8 +373,15 @@ class Synthesizer:
                 if not parsed:
                     out.drops["unparsable"] += 1
                     continue
-                candidates.append({**{f: parsed[0][f] for f in self.task.fields}, "label": job.label,
-                                   "round": round_, "source": job.source, "prompt_hash": prompt_hash(job.messages)})
+                candidates.append(
+                    {
+                        **{f: parsed[0][f] for f in self.task.fields},
+                        "label": job.label,
+                        "round": round_,
+                        "source": job.source,
+                        "prompt_hash": prompt_hash(job.messages),
+                    }
+                )
                 references[id(candidates[-1])] = job.reference
         kept, drops = self.cleaner.filter(candidates)
         out.drops.update(drops)
@@ -302,8 +398,16 @@ class Synthesizer:
                 out.drops[reason] += ok.count(False)
                 kept = [row for row, keep in zip(kept, ok) if keep]
         out.rows = kept
-        log.info("%s (round %d, attempt %s): %d prompts -> %d answers -> %d kept; dropped %s", call_site, round_,
-                 attempt, len(jobs), out.generated, len(kept), dict(out.drops))
+        log.info(
+            "%s (round %d, attempt %s): %d prompts -> %d answers -> %d kept; dropped %s",
+            call_site,
+            round_,
+            attempt,
+            len(jobs),
+            out.generated,
+            len(kept),
+            dict(out.drops),
+        )
         return out
 
     def near_source(self, rows: Sequence[dict[str, Any]], references: Sequence[str | None]) -> list[bool]:
@@ -338,29 +442,45 @@ class Synthesizer:
         scores = self.channel_scores(rows)
         if scores is None:
             if self.label_check == "auto":  # servers and vLLM: re-label instead (fine for the large LLMs they run)
-                log.info("label check: %s returns no log-likelihoods; using the constrained-choice check", self.llm.name)
+                log.info(
+                    "label check: %s returns no log-likelihoods; using the constrained-choice check", self.llm.name
+                )
                 self.label_check = "choice"
                 return self._choice_check(rows)
-            raise UserError(f"loop.label_check=channel needs an LLM backend that scores text (llm=smollm2 or "
-                            f"llm=transformers); {self.llm.name} returns no log-likelihoods. Use auto or choice.")
-        return [max(s[k] for k in range(len(s)) if k != r["label"]) - s[r["label"]] <= self.label_check_margin
-                for r, s in zip(rows, scores)]
+            raise UserError(
+                f"loop.label_check=channel needs an LLM backend that scores text (llm=smollm2 or "
+                f"llm=transformers); {self.llm.name} returns no log-likelihoods. Use auto or choice."
+            )
+        return [
+            max(s[k] for k in range(len(s)) if k != r["label"]) - s[r["label"]] <= self.label_check_margin
+            for r, s in zip(rows, scores)
+        ]
 
     def channel_scores(self, rows: Sequence[dict[str, Any]]) -> list[list[float]] | None:
         """Per row, log P(row | the task's ZeroGen prompt for label k) for every k; None when the LLM can't score."""
         labels = range(len(self.task.labels))
         prompts = [self.book.messages("zerogen", **self.book.label_fields(k)) for k in labels]
-        requests = [ChatRequest.from_messages(prompts[k], Sampling(temperature=0.0, max_tokens=8),
-                                              choices=[self.book.example(r)]) for r in rows for k in labels]
+        requests = [
+            ChatRequest.from_messages(
+                prompts[k], Sampling(temperature=0.0, max_tokens=8), choices=[self.book.example(r)]
+            )
+            for r in rows
+            for k in labels
+        ]
         flat = [a[0].logprob for a in self.llm.generate(requests, call_site="label_check")]
         if any(x is None for x in flat):
             return None
         return [flat[i : i + len(labels)] for i in range(0, len(flat), len(labels))]  # type: ignore[misc]
 
     def _choice_check(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
-        requests = [ChatRequest.from_messages(self.book.messages("relabel", example=self.book.example(r)),
-                                              Sampling(temperature=0.0, max_tokens=8), choices=self.task.labels)
-                    for r in rows]
+        requests = [
+            ChatRequest.from_messages(
+                self.book.messages("relabel", example=self.book.example(r)),
+                Sampling(temperature=0.0, max_tokens=8),
+                choices=self.task.labels,
+            )
+            for r in rows
+        ]
         answers = self.llm.generate(requests, call_site="relabel")
         return [a[0].text == self.task.labels[r["label"]] for r, a in zip(rows, answers)]
 

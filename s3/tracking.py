@@ -13,8 +13,9 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -130,7 +131,9 @@ class RunRecorder:
         self.rows = [r for r in self.rows if r.get("round") != row.get("round")] + [row]
         atomic_write_jsonl(self.metrics_path, self.rows)
         if self.wandb_run is not None:
-            self.wandb_run.log({k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            self.wandb_run.log(
+                {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            )
 
     def log_epochs(self, round_: int, history: Sequence[Mapping[str, Any]]) -> None:
         """A round's training curve: ``epochs.jsonl`` in the run dir, and per round one W&B series of train loss
@@ -143,8 +146,13 @@ class RunRecorder:
             for key in ("train_loss", "val_acc"):
                 self.wandb_run.define_metric(f"{prefix}/{key}", step_metric=f"{prefix}/epoch")
             for h in history:
-                self.wandb_run.log({f"{prefix}/epoch": h["epoch"], f"{prefix}/train_loss": h["train_loss"],
-                                    f"{prefix}/val_acc": h["val_acc"]})
+                self.wandb_run.log(
+                    {
+                        f"{prefix}/epoch": h["epoch"],
+                        f"{prefix}/train_loss": h["train_loss"],
+                        f"{prefix}/val_acc": h["val_acc"],
+                    }
+                )
 
     def log_model(self, folder: Path, name: str) -> None:
         """The saved classifier as a W&B model artifact (one version per round; the last one is the run's)."""
@@ -193,9 +201,16 @@ def start_wandb(logger_cfg: DictConfig, config: dict[str, Any], run_dir: Path, n
     argv, sys.argv = sys.argv, [sys.argv[0], *redact_argv(sys.argv[1:])]
     try:
         run = wandb.init(
-            project=logger_cfg.project, entity=logger_cfg.get("entity"), group=logger_cfg.get("group") or group,
-            name=name, job_type=config.get("loop", {}).get("name"), tags=list(logger_cfg.get("tags") or []),
-            config=config, dir=str(run_dir), reinit="finish_previous")
+            project=logger_cfg.project,
+            entity=logger_cfg.get("entity"),
+            group=logger_cfg.get("group") or group,
+            name=name,
+            job_type=config.get("loop", {}).get("name"),
+            tags=list(logger_cfg.get("tags") or []),
+            config=config,
+            dir=str(run_dir),
+            reinit="finish_previous",
+        )
     finally:
         sys.argv = argv
     run.define_metric("round")

@@ -36,11 +36,13 @@ def test_trains_real_rows_and_restores_the_best_epoch():
 def test_pooling_follows_the_checkpoint(tmp_path):
     assert checkpoint_pooling(resolve_model("embedded:minilm")) == "mean"  # a sentence-transformers model
     assert checkpoint_pooling(str(tmp_path)) == "cls"  # a plain transformers folder
-    (tmp_path / "modules.json").write_text(json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling",
-                                                        "type": "sentence_transformers.models.Pooling"}]))
+    (tmp_path / "modules.json").write_text(
+        json.dumps([{"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])
+    )
     (tmp_path / "1_Pooling").mkdir()
-    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True,
-                                                                    "pooling_mode_mean_tokens": False}))
+    (tmp_path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    )
     assert checkpoint_pooling(str(tmp_path)) == "cls"  # a sentence-transformers model read from [CLS]
     with pytest.raises(ValueError, match="pooling"):
         SmallModelConfig(name="x", model="y", pooling="max")

@@ -14,10 +14,10 @@ import pytest
 
 from s3.cleaning import (
     DROP_REASONS,
-    _after_intro_line,
-    _unwrap_framed_quote,
     Cleaner,
     CleaningConfig,
+    _after_intro_line,
+    _unwrap_framed_quote,
     normalize,
     parse_examples,
     parse_rationale_items,
@@ -49,8 +49,13 @@ def single(raw: str, many: bool = False) -> list[str] | None:
 
 
 def cleaner(protected=(), cfg: CleaningConfig | None = None, fields=("text",)) -> Cleaner:
-    return Cleaner(cfg or CleaningConfig(), list(fields), ["negative", "positive"], protected,
-                   meta_phrases=["movie review sentence"])
+    return Cleaner(
+        cfg or CleaningConfig(),
+        list(fields),
+        ["negative", "positive"],
+        protected,
+        meta_phrases=["movie review sentence"],
+    )
 
 
 def row(text: str, label: int = 1, **extra) -> dict:
@@ -63,48 +68,89 @@ def row(text: str, label: int = 1, **extra) -> dict:
 @pytest.mark.parametrize(
     "raw, expected",
     [
-        ("Here is a positive movie review:\n\nA warm, funny film with a great cast.", "A warm, funny film with a great cast."),
-        ("Sure! Here's a negative review: The plot drags and the jokes fall flat.", "The plot drags and the jokes fall flat."),
+        (
+            "Here is a positive movie review:\n\nA warm, funny film with a great cast.",
+            "A warm, funny film with a great cast.",
+        ),
+        (
+            "Sure! Here's a negative review: The plot drags and the jokes fall flat.",
+            "The plot drags and the jokes fall flat.",
+        ),
         ("Certainly, I'd be happy to help.\n\nReview: A bold and moving story.", "A bold and moving story."),
         ("Sentence 1: the acting is superb .", "the acting is superb ."),
         ('"The pacing is slow but the ending pays off."', "The pacing is slow but the ending pays off."),
         ("**Positive review**\n\nThe **cinematography** is stunning.", "The cinematography is stunning."),
-        ("## Review\nA tender, funny film.\n\nThis review highlights the film's humor and warmth.", "A tender, funny film."),
+        (
+            "## Review\nA tender, funny film.\n\nThis review highlights the film's humor and warmth.",
+            "A tender, funny film.",
+        ),
         ("A sharp satire with real bite. Note: the review is 8 words long.", "A sharp satire with real bite."),
         ("A gripping thriller from start to finish. (Word count: 7)", "A gripping thriller from start to finish."),
-        ("Here's a rewritten sentence in a positive style: the film is a joy to watch .", "the film is a joy to watch ."),
+        (
+            "Here's a rewritten sentence in a positive style: the film is a joy to watch .",
+            "the film is a joy to watch .",
+        ),
         # the example it was shown, then its own under a marker, then commentary (SmolLM2 extrapolations)
-        ('"a grimly competent drama ."\nImproved sentence: "A grimly competent and earnest courtroom drama."',
-         "A grimly competent and earnest courtroom drama."),
-        ('"i laughed once ."\n\nEdited movie sentence: "I barely laughed once."\n\nIn this case, the tone changed.',
-         "I barely laughed once."),
-        ("The film is great.\nNew cast members shine: all of them.", "The film is great.\nNew cast members shine: all of them."),
+        (
+            '"a grimly competent drama ."\nImproved sentence: "A grimly competent and earnest courtroom drama."',
+            "A grimly competent and earnest courtroom drama.",
+        ),
+        (
+            '"i laughed once ."\n\nEdited movie sentence: "I barely laughed once."\n\nIn this case, the tone changed.',
+            "I barely laughed once.",
+        ),
+        (
+            "The film is great.\nNew cast members shine: all of them.",
+            "The film is great.\nNew cast members shine: all of them.",
+        ),
         # the example quoted inside talk about it (SmolLM2 extrapolations that used to survive cleaning whole)
-        ('The new movie review is "The new film is actually much better than I expected."',
-         "The new film is actually much better than I expected."),
-        ("I'd suggest replacing the existing sentence with this: \"a clever, almost pedestrian approach to storytelling.\"",
-         "a clever, almost pedestrian approach to storytelling."),
-        ('The feedback would be\n "The movie boasted of variety but presented an inconsistent approach."',
-         "The movie boasted of variety but presented an inconsistent approach."),
-        ('"It moves quickly and without fuss, but it is cold and cruel."\n\nThe original sentence conveys a positive',
-         "It moves quickly and without fuss, but it is cold and cruel."),
-        ('Original: "the film is dull ."\n\nNew: "A dull, lifeless film that never finds its footing."',
-         "A dull, lifeless film that never finds its footing."),
+        (
+            'The new movie review is "The new film is actually much better than I expected."',
+            "The new film is actually much better than I expected.",
+        ),
+        (
+            'I\'d suggest replacing the existing sentence with this: "a clever, almost pedestrian approach to storytelling."',
+            "a clever, almost pedestrian approach to storytelling.",
+        ),
+        (
+            'The feedback would be\n "The movie boasted of variety but presented an inconsistent approach."',
+            "The movie boasted of variety but presented an inconsistent approach.",
+        ),
+        (
+            '"It moves quickly and without fuss, but it is cold and cruel."\n\nThe original sentence conveys a positive',
+            "It moves quickly and without fuss, but it is cold and cruel.",
+        ),
+        (
+            'Original: "the film is dull ."\n\nNew: "A dull, lifeless film that never finds its footing."',
+            "A dull, lifeless film that never finds its footing.",
+        ),
         # the example after an intro line that ends in a colon, commentary after it cut
-        ("A review sentence that depicts the movie could be:\nThe cast is strong but the plot is over-engineered.",
-         "The cast is strong but the plot is over-engineered."),
-        ("This is a bad movie.\nHere is a similar sentence: \nThis movie has a bad style and no laughs.\n\nI kept the tone.",
-         "This movie has a bad style and no laughs."),
-        ("The movie held my interest from start to finish.\n\nIn this new version, I've added a new sentence.",
-         "The movie held my interest from start to finish."),
-        ("The movie promises a crowd-pleaser:\nA crime drama replete with a brawl.",
-         "The movie promises a crowd-pleaser:\nA crime drama replete with a brawl."),
+        (
+            "A review sentence that depicts the movie could be:\nThe cast is strong but the plot is over-engineered.",
+            "The cast is strong but the plot is over-engineered.",
+        ),
+        (
+            "This is a bad movie.\nHere is a similar sentence: \nThis movie has a bad style and no laughs.\n\nI kept the tone.",
+            "This movie has a bad style and no laughs.",
+        ),
+        (
+            "The movie held my interest from start to finish.\n\nIn this new version, I've added a new sentence.",
+            "The movie held my interest from start to finish.",
+        ),
+        (
+            "The movie promises a crowd-pleaser:\nA crime drama replete with a brawl.",
+            "The movie promises a crowd-pleaser:\nA crime drama replete with a brawl.",
+        ),
         # quotes that are part of the example stay: a title, a short phrase, a line quoted in a longer review
         ('The movie "Sitcom" is a great film by a great team.', 'The movie "Sitcom" is a great film by a great team.'),
-        ('In the movie, "the plot has a decent moral trying to get out, but it keeps you in your seat."',
-         'In the movie, "the plot has a decent moral trying to get out, but it keeps you in your seat."'),
-        ('The difference between "negative" and "underscoring" in the original sentence is the word "negative" here.',
-         'The difference between "negative" and "underscoring" in the original sentence is the word "negative" here.'),
+        (
+            'In the movie, "the plot has a decent moral trying to get out, but it keeps you in your seat."',
+            'In the movie, "the plot has a decent moral trying to get out, but it keeps you in your seat."',
+        ),
+        (
+            'The difference between "negative" and "underscoring" in the original sentence is the word "negative" here.',
+            'The difference between "negative" and "underscoring" in the original sentence is the word "negative" here.',
+        ),
     ],
 )
 def test_single_text_strips_assistant_framing(raw: str, expected: str) -> None:
@@ -130,14 +176,20 @@ def test_framing_only_is_unparsable() -> None:
 @pytest.mark.parametrize(
     "raw, expected",
     [  # real SmolLM2-135M answers to rationale prompts
-        ("1. **An effective movie with a compelling storyline**: The movie excels at creating an emotional "
-         "connection.\n\n2. **A high-quality cast**: every role is well played.",
-         ["An effective movie with a compelling storyline", "A high-quality cast"]),
-        ("List 10 short reasons for why people like a movie:\n1. Good acting by a skilled and talented director\n"
-         "2. Great storyboarding and presentation\n3. Sam &getcwd",
-         ["Good acting by a skilled and talented director", "Great storyboarding and presentation"]),
-        ("1. Sentence 1: \"The film has a great story\"\n2. Genre: film noir\n3. Here are 10 ways a movie can vary",
-         ["The film has a great story", "film noir"]),
+        (
+            "1. **An effective movie with a compelling storyline**: The movie excels at creating an emotional "
+            "connection.\n\n2. **A high-quality cast**: every role is well played.",
+            ["An effective movie with a compelling storyline", "A high-quality cast"],
+        ),
+        (
+            "List 10 short reasons for why people like a movie:\n1. Good acting by a skilled and talented director\n"
+            "2. Great storyboarding and presentation\n3. Sam &getcwd",
+            ["Good acting by a skilled and talented director", "Great storyboarding and presentation"],
+        ),
+        (
+            '1. Sentence 1: "The film has a great story"\n2. Genre: film noir\n3. Here are 10 ways a movie can vary',
+            ["The film has a great story", "film noir"],
+        ),
         ("1. The acting: crucial to its credibility. 2. The plot: the backbone of a film.", ["The acting", "The plot"]),
         ("Personality Clash - People often find themselves pulled together to create a flawless narrative.", []),
     ],
@@ -188,7 +240,7 @@ def test_pair_json_embedded_in_prose_and_field_names() -> None:
 
 def test_pair_labelled_lines_repeated() -> None:
     raw = (
-        "Here are the pairs:\n\n1. Premise: The museum opens at nine.\n   Hypothesis: \"The museum opens in the morning.\"\n\n"
+        'Here are the pairs:\n\n1. Premise: The museum opens at nine.\n   Hypothesis: "The museum opens in the morning."\n\n'
         "**Premise:** Sales fell by 10% in May.\n**Hypothesis:** Sales rose in May.\n\nThese pairs show entailment."
     )
     assert parse_examples(raw, *PAIR, many=True) == [
@@ -308,7 +360,11 @@ def test_states_label_only_when_forbidden() -> None:
 def test_counts_add_up() -> None:
     rng = random.Random(0)
     pool = ["", "ok", "I cannot generate inappropriate content.", "Here is a review:", "A fine film with a great cast."]
-    pool += [f"A {w} film about {v} and friendship in a small town." for w in "bold odd warm cold".split() for v in "love loss war".split()]
+    pool += [
+        f"A {w} film about {v} and friendship in a small town."
+        for w in "bold odd warm cold".split()
+        for v in "love loss war".split()
+    ]
     candidates = [row(rng.choice(pool), rng.randint(0, 1)) for _ in range(300)]
     kept, drops = cleaner().filter(candidates)
     assert len(kept) + sum(drops.values()) == len(candidates)
@@ -350,7 +406,11 @@ def test_rte_premise_reuse_is_not_a_leak_but_hypothesis_copy_is() -> None:
     premise = gold[0]["text1"]
     fresh = {"text1": premise, "text2": "The report was published in a national newspaper last year.", "label": 0}
     copied_pair = {"text1": premise, "text2": gold[0]["text2"], "label": gold[0]["label"]}
-    copied_hyp = {"text1": "Someone wrote an entirely new premise for this example.", "text2": gold[1]["text2"], "label": 1}
+    copied_hyp = {
+        "text1": "Someone wrote an entirely new premise for this example.",
+        "text2": gold[1]["text2"],
+        "label": 1,
+    }
     kept, drops = c.filter([fresh, copied_pair, copied_hyp])
     assert kept == [fresh] and drops == Counter(leak=2)
 

@@ -79,8 +79,11 @@ def test_bad_json_line_names_file_and_line(tmp_path):
 
 
 def test_missing_column_names_file_and_line(tmp_path):
-    d = write(tmp_path, "validation.jsonl", json.dumps({"text": "a", "label": 0}) + "\n"
-              + json.dumps({"sentence": "b", "label": 0}) + "\n")
+    d = write(
+        tmp_path,
+        "validation.jsonl",
+        json.dumps({"text": "a", "label": 0}) + "\n" + json.dumps({"sentence": "b", "label": 0}) + "\n",
+    )
     with pytest.raises(DataError, match=r"validation\.jsonl:2: missing column 'text'"):
         load_split(task("sst2"), "validation", d)
 

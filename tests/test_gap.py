@@ -84,7 +84,11 @@ def test_deterministic_and_vs_train(embedder: SentenceEmbedder, sst2) -> None:
     b = compute_gap(texts[:N], labels[:N], texts[N:], labels[N:], 2, embedder, cfg, seed=3, **kw)
     assert a == b
     assert {k.split("/")[1] for k in a if k.startswith("gap_train/")} == {
-        "mauve", "frechet", "c2st_auc", "label_js", "length_w1"
+        "mauve",
+        "frechet",
+        "c2st_auc",
+        "label_js",
+        "length_w1",
     }
     no_train = compute_gap(texts[:N], labels[:N], texts[N:], labels[N:], 2, embedder, {"vs_train": False}, 3, **kw)
     assert not any(k.startswith("gap_train/") for k in no_train)

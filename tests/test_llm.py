@@ -49,7 +49,12 @@ def review(label: str, **sampling: object) -> ChatRequest:
 
 
 SENTIMENT = ChatRequest.from_messages(
-    [{"role": "user", "content": "Is this movie review positive or negative? 'I loved it, brilliant acting and a moving story.' Answer with one word."}],
+    [
+        {
+            "role": "user",
+            "content": "Is this movie review positive or negative? 'I loved it, brilliant acting and a moving story.' Answer with one word.",
+        }
+    ],
     Sampling(temperature=0, max_tokens=8),
     choices=["positive", "negative"],
 )
@@ -89,7 +94,10 @@ def test_match_choice() -> None:
 
 def test_usage_arithmetic() -> None:
     a = {"seed": Usage(requests=3, backend_calls=2, cache_hits=1, completion_tokens=10, seconds=1.0)}
-    b = {"seed": Usage(requests=5, backend_calls=2, cache_hits=3, completion_tokens=10, seconds=1.5), "relabel": Usage(requests=1)}
+    b = {
+        "seed": Usage(requests=5, backend_calls=2, cache_hits=3, completion_tokens=10, seconds=1.5),
+        "relabel": Usage(requests=1),
+    }
     d = usage_diff(b, a)
     assert d["seed"] == Usage(requests=2, cache_hits=2, seconds=0.5)
     assert d["relabel"].requests == 1
@@ -120,7 +128,9 @@ def test_cache_reuses_per_sample_and_rerun_makes_no_backend_calls(tmp_path: Path
     dup = llm.generate([review("neutral", seed=3)] * 3)
     assert len(fake.seen) == 6 and dup[0] == dup[2]  # identical requests in one call: generated once
     # Greedy decoding ignores the seed, so it shares entries.
-    assert cache_key("m", review("x", temperature=0, seed=1), 0) == cache_key("m", review("x", temperature=0, seed=2), 0)
+    assert cache_key("m", review("x", temperature=0, seed=1), 0) == cache_key(
+        "m", review("x", temperature=0, seed=2), 0
+    )
     assert cache_key("m", review("x", seed=1), 0) != cache_key("m", review("x", seed=2), 0)
 
 
@@ -168,7 +178,9 @@ def test_unreachable_server_fails_fast_with_one_clear_error(monkeypatch: pytest.
     from s3.llm.openai_backend import OpenAIBackend
 
     port = free_port()  # nothing listens there
-    llm = OpenAIBackend(model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_s=0.1, total_timeout_s=10)
+    llm = OpenAIBackend(
+        model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_s=0.1, total_timeout_s=10
+    )
     start = time.monotonic()
     with pytest.raises(LLMUnavailableError) as err:
         llm.generate([review("positive")] * 4)
@@ -209,7 +221,9 @@ def smollm2() -> Iterator[LLM]:
 
 @pytest.mark.slow
 def test_embedded_generation_is_label_conditioned(smollm2: LLM) -> None:
-    pos, neg = smollm2.generate([review("positive", temperature=0), review("negative", temperature=0)], call_site="seed")
+    pos, neg = smollm2.generate(
+        [review("positive", temperature=0), review("negative", temperature=0)], call_site="seed"
+    )
     assert pos[0].text.strip() and neg[0].text.strip() and pos[0].text != neg[0].text
     assert pos[0].completion_tokens > 0 and pos[0].prompt_tokens > 0 and pos[0].finish_reason in {"stop", "length"}
     assert smollm2.usage()["seed"].requests == 2
@@ -233,7 +247,9 @@ def test_greedy_batched_equals_one_at_a_time(smollm2: LLM) -> None:
 
 @pytest.mark.slow
 def test_choices_return_one_of_them(smollm2: LLM) -> None:
-    out = smollm2.generate([SENTIMENT, ChatRequest(SENTIMENT.messages, Sampling(temperature=1.0, seed=0, n=3), SENTIMENT.choices)])
+    out = smollm2.generate(
+        [SENTIMENT, ChatRequest(SENTIMENT.messages, Sampling(temperature=1.0, seed=0, n=3), SENTIMENT.choices)]
+    )
     assert out[0][0].text == "positive"  # an easy one: greedy log-likelihood gets it
     assert all(c.text in SENTIMENT.choices for c in out[1])
 
@@ -285,7 +301,9 @@ def test_gemma3_base_model_plain_prompt(tmp_path: Path) -> None:
     cfg = OmegaConf.load(REPO / "conf" / "llm" / "gemma3_270m.yaml")
     cfg.cache_dir = str(SHARED)
     llm = build_llm(cfg, tmp_path)
-    req = ChatRequest.from_messages([{"role": "user", "content": "Movie review (positive): This film"}], Sampling(temperature=0, max_tokens=12))
+    req = ChatRequest.from_messages(
+        [{"role": "user", "content": "Movie review (positive): This film"}], Sampling(temperature=0, max_tokens=12)
+    )
     out = llm.generate([req, SENTIMENT])
     assert out[0][0].text.strip() and out[1][0].text in SENTIMENT.choices
     llm.close()
@@ -322,7 +340,9 @@ class TestVLLMInProcess:
         assert out[5][0].text != out[5][1].text
 
     def test_choices_via_structured_outputs(self, engine: LLM) -> None:
-        out = engine.generate([SENTIMENT, ChatRequest(SENTIMENT.messages, Sampling(seed=1, n=3, max_tokens=8), SENTIMENT.choices)])
+        out = engine.generate(
+            [SENTIMENT, ChatRequest(SENTIMENT.messages, Sampling(seed=1, n=3, max_tokens=8), SENTIMENT.choices)]
+        )
         assert all(c.text in SENTIMENT.choices for o in out for c in o)
 
 
@@ -376,7 +396,12 @@ class TestOpenAIServer:
         monkeypatch.setenv("S3_TEST_KEY", FAKE_KEY)
         caplog.set_level(logging.DEBUG)
         llm = build_llm(client_cfg, tmp_path)  # type: ignore[arg-type]
-        reqs = [review("positive", temperature=0), review("negative", temperature=0), review("positive", seed=5, n=2), SENTIMENT]
+        reqs = [
+            review("positive", temperature=0),
+            review("negative", temperature=0),
+            review("positive", seed=5, n=2),
+            SENTIMENT,
+        ]
         out = llm.generate(reqs, call_site="seed")
         assert out[0][0].text.strip() and out[0][0].text != out[1][0].text
         assert out[2][0].text != out[2][1].text

@@ -10,13 +10,20 @@ from conftest import REPO, read_jsonl, run_cli
 from s3.config import compose_config
 from s3.data import load_real_data
 
-GOLD = ["loop=gold", "loop.gold_train_size=96", "loop.num_gold_val=40", "loop.max_test=60",
-        "small_model.max_epochs=1", "logger=none"]
+GOLD = [
+    "loop=gold",
+    "loop.gold_train_size=96",
+    "loop.num_gold_val=40",
+    "loop.max_test=60",
+    "small_model.max_epochs=1",
+    "logger=none",
+]
 
 
 def predict(*args):
-    return subprocess.run([sys.executable, "-m", "s3.predict", *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "s3.predict", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -71,5 +78,6 @@ def test_wrong_columns_name_file_and_line(gold_run, tmp_path):
     f.write_text('{"text": "fine"}\n{"sentence": "no text column"}\n')
     proc = predict(gold_run, f)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip() == (f"error: {f}:2: missing column 'text' (this classifier reads ['text']; "
-                                   "have ['sentence'])")
+    assert proc.stderr.strip() == (
+        f"error: {f}:2: missing column 'text' (this classifier reads ['text']; have ['sentence'])"
+    )

