@@ -11,7 +11,7 @@ from s3.loop import UserError, run_experiment
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Returns the final gold-validation accuracy, so Hydra sweepers can optimize it."""
+    """Returns the final accuracy on the held-out gold rows (select_acc; val_acc without them) for sweepers."""
     try:
         return run_experiment(cfg)
     except UserError as err:

@@ -228,11 +228,22 @@ def label_counts(rows: Sequence[Mapping[str, Any]], task: Task) -> dict[str, int
 
 @dataclass
 class RealData:
-    """The real data one run sees: the small gold validation set S3 learns from, and the test set."""
+    """The real data one run sees: the gold validation rows S3 learns from, the held-out selection rows, the test set.
+
+    ``gold_val`` is what S3 learns from: its errors are shown to the LLM and the gold label check is fitted on it.
+    ``select`` is held out from all of that and only chooses the best epoch and gives ``select_acc``; after error
+    extrapolation the model has trained on paraphrases of ``gold_val`` rows, so their accuracy flatters it.
+    """
 
     gold_val: list[dict[str, Any]]
     test: list[dict[str, Any]]
     train: list[dict[str, Any]] | None = None  # only loaded for the gold baseline / GoldGen
+    select: list[dict[str, Any]] = field(default_factory=list)  # empty: gold_val also selects (the paper)
+
+    @property
+    def selection(self) -> list[dict[str, Any]]:
+        """The rows that choose the best epoch."""
+        return self.select or self.gold_val
 
 
 def load_real_data(
@@ -242,12 +253,23 @@ def load_real_data(
     max_test: int | None,
     seed: int,
     need_train: bool = False,
+    selection_fraction: float = 0.0,
 ) -> RealData:
-    """Gold validation = a label-stratified, seeded sample of the validation split; test capped by ``max_test``."""
-    gold_val = stratified_sample(load_split(task, "validation", data_dir), num_gold_val, seed)
+    """Gold validation = a label-stratified, seeded sample of the validation split, of which a stratified
+    ``selection_fraction`` is held out for model selection; test capped by ``max_test``."""
+    gold = stratified_sample(load_split(task, "validation", data_dir), num_gold_val, seed)
+    n_select = round(selection_fraction * len(gold))
+    if selection_fraction > 0 and not 0 < n_select < len(gold):
+        raise UserError(
+            f"loop.selection_fraction={selection_fraction} of {len(gold)} gold rows leaves no rows to "
+            "select on or none to learn from; change loop.num_gold_val or loop.selection_fraction"
+        )
+    select = stratified_sample(gold, n_select, seed) if n_select else []
+    held_out = {id(r) for r in select}
+    gold_val = [r for r in gold if id(r) not in held_out]
     test = load_split(task, "test", data_dir)
     if max_test is not None and max_test < len(test):
         # fixed seed, not the run seed: every method and seed is scored on the same test rows
         test = stratified_sample(test, max_test, TEST_CAP_SEED)
     train = load_split(task, "train", data_dir) if need_train else None
-    return RealData(gold_val=gold_val, test=test, train=train)
+    return RealData(gold_val=gold_val, test=test, train=train, select=select)

@@ -50,7 +50,8 @@ __all__ = ["UserError", "run_experiment", "evaluate"]
 
 
 def evaluate(clf: Classifier, real: RealData) -> tuple[dict[str, float], list[dict[str, Any]], np.ndarray]:
-    """Scores on the gold validation and test sets, the misclassified gold-validation rows, test probabilities."""
+    """Scores on the gold validation rows (``val_*``), the held-out selection rows (``select_*``) and the test set;
+    the misclassified gold-validation rows; test probabilities."""
     val_probs = clf.predict_proba(real.gold_val)
     test_probs = clf.predict_proba(real.test)
     val, test = scores(val_probs, real.gold_val), scores(test_probs, real.test)
@@ -76,6 +77,9 @@ def evaluate(clf: Classifier, real: RealData) -> tuple[dict[str, float], list[di
         "test_f1": test["f1"],
         "n_errors": len(errors),
     }
+    if real.select:
+        select = scores(clf.predict_proba(real.select), real.select)
+        metrics.update(select_acc=select["acc"], select_f1=select["f1"])
     return metrics, errors, test_probs
 
 
@@ -90,7 +94,7 @@ def train_and_evaluate(
     recorder: RunRecorder,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train, evaluate, log the training curve, and keep the classifier (the run's model is the latest round's)."""
-    clf = train_classifier(train_rows, real.gold_val, task, small, seed)
+    clf = train_classifier(train_rows, real.selection, task, small, seed)  # best epoch on the held-out rows
     metrics, errors, test_probs = evaluate(clf, real)
     metrics.update(
         n_train=len(train_rows),
@@ -175,7 +179,9 @@ def run_synthetic(
     rounds_dir = run_dir / "rounds"
     # Leak guard: synthetic copies of gold validation or test texts are dropped. The test set is used for
     # nothing else here: no prompt ever sees it.
-    cleaner = Cleaner(L.cleaning, task.fields, task.labels, real.gold_val + real.test, meta_phrases=[task.example_kind])
+    cleaner = Cleaner(
+        L.cleaning, task.fields, task.labels, real.gold_val + real.select + real.test, meta_phrases=[task.example_kind]
+    )
     gold_check = (
         GoldLabelCheck(sentence_embedder(cfg), task, real.gold_val, cfg.seed, L.gold_check_min_accuracy)
         if L.gold_check
@@ -358,8 +364,17 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
 
     task: Task = instantiate(cfg.task)
     need_train = isinstance(loop, GoldLoopConfig) or bool(cfg.gap.enabled and cfg.gap.vs_train)
-    real = load_real_data(task, cfg.paths.data_dir, loop.num_gold_val, loop.max_test, cfg.seed, need_train=need_train)
-    atomic_write_jsonl(run_dir / "gold_val_ids.jsonl", [{"id": r["id"], "label": r["label"]} for r in real.gold_val])
+    real = load_real_data(
+        task, cfg.paths.data_dir, loop.num_gold_val, loop.max_test, cfg.seed, need_train, loop.selection_fraction
+    )
+    atomic_write_jsonl(
+        run_dir / "gold_val_ids.jsonl",
+        [
+            {"id": r["id"], "label": r["label"], "part": part}
+            for part, rows in (("learn", real.gold_val), ("select", real.select))
+            for r in rows
+        ],
+    )
 
     llm_choice = choices.get("llm") or (llm.name if llm is not None else "none")
     wandb_run = None
@@ -388,8 +403,13 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
             "seed": cfg.seed,
             "small_model": small.name,
             "llm": {"name": llm_choice, **llm_totals},
-            **{k: final[k] for k in ("val_acc", "val_f1", "test_acc", "test_f1", "n_train")},
+            **{
+                k: final[k]
+                for k in ("val_acc", "val_f1", "select_acc", "select_f1", "test_acc", "test_f1", "n_train")
+                if k in final
+            },
             "n_gold_val": len(real.gold_val),
+            "n_select": len(real.select),
             "n_test": len(real.test),
             "wall_seconds": round(time.perf_counter() - start, 2),
         }
@@ -397,7 +417,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
         if small.save:
             recorder.log_model(run_dir / MODEL_DIR, "model")
         log.info("done: val_acc=%.4f test_acc=%.4f (%s)", summary["val_acc"], summary["test_acc"], run_dir)
-        return float(summary["val_acc"])
+        return float(summary.get("select_acc", summary["val_acc"]))  # what sweepers maximise: the held-out rows
     finally:
         if llm is not None and own_llm:
             llm.close()

@@ -34,12 +34,15 @@ class LoopConfig:
     """What every method shares: how the real data is sampled for evaluation."""
 
     name: str
-    num_gold_val: int = 200  # the small real validation set (stratified, seeded); S3 learns from its errors
+    num_gold_val: int = 200  # the small real validation set (stratified, seeded): every gold label a method uses
+    selection_fraction: float = 0.25  # of it held out (stratified) to choose the epoch and report select_acc;
+    # S3 never learns from these rows (no prompt, no label check). 0 = the paper: one set for both
     max_test: int | None = None  # cap on the test split (CI speed); None = the full split
 
     def __post_init__(self) -> None:
         at_least(self, "num_gold_val", 1)
         at_least(self, "max_test", 1)
+        within(self, "selection_fraction", 0.0, 0.9)
 
 
 @dataclass

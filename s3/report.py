@@ -125,7 +125,7 @@ def summary_table(runs: Sequence[Run]) -> list[dict]:
     table = []
     for (task, method), rs in group_runs(runs).items():
         row: dict = {"task": task, "method": method, "n_runs": len(rs)}
-        for key in ("val_acc", "test_acc", "test_f1", "n_train"):
+        for key in ("val_acc", "select_acc", "test_acc", "test_f1", "n_train"):
             row[key] = mean_std(r.summary.get(key) for r in rs)[:2]
         table.append(row)
     return table
@@ -138,13 +138,14 @@ def _pm(ms: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
 
 def markdown_table(table: Sequence[dict]) -> str:
     lines = [
-        "| task | method | n runs | val acc (%) | test acc (%) | test F1 (%) | synthetic examples |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| task | method | n runs | val acc (%) | select acc (%) | test acc (%) | test F1 (%) | synthetic examples |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in table:
         n_train = row["n_train"][0]
         lines.append(
-            f"| {row['task']} | {row['method']} | {row['n_runs']} | {_pm(row['val_acc'])} | {_pm(row['test_acc'])} "
+            f"| {row['task']} | {row['method']} | {row['n_runs']} | {_pm(row['val_acc'])} | {_pm(row['select_acc'])} "
+            f"| {_pm(row['test_acc'])} "
             f"| {_pm(row['test_f1'])} | {'n/a' if math.isnan(n_train) else f'{n_train:.0f}'} |"
         )
     return "\n".join(lines)
@@ -258,7 +259,7 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None
     table = summary_table(runs)
     images: list[tuple[str, str]] = []
 
-    acc_keys = [k for k in ("val_acc", "test_acc") if any(k in row for r in runs for row in r.rows)]
+    acc_keys = [k for k in ("val_acc", "select_acc", "test_acc") if any(k in row for r in runs for row in r.rows)]
     if acc_keys:
         _plot_curves(groups, acc_keys, "Accuracy per round (mean ± std over seeds)", out / "acc_per_round.png")
         images.append(("Accuracy per round", "acc_per_round.png"))

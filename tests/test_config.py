@@ -7,7 +7,9 @@ from hydra.utils import instantiate
 
 from conftest import REPO, compose_config
 from s3.classifier import SmallModelConfig, small_model_config
+from s3.config import UserError
 from s3.data import Task
+from s3.loop_config import GoldLoopConfig, SamplingConfig, SyntheticLoopConfig, loop_config
 
 
 def options(group: str) -> list[str]:
@@ -34,8 +36,41 @@ def test_small_model_configs(name):
 
 @pytest.mark.parametrize("name", options("loop"))
 def test_loop_configs(name):
-    cfg = compose_config([f"loop={name}"])
-    assert cfg.loop.name == name and cfg.loop.num_gold_val > 0
+    loop = loop_config(compose_config([f"loop={name}"]).loop)
+    assert isinstance(loop, GoldLoopConfig if name == "gold" else SyntheticLoopConfig)
+    assert loop.name == name and loop.num_gold_val > 0
+
+
+def test_loop_presets_hold_no_defaults_of_their_own():
+    """Every default lives in the schema: s3.yaml (the default preset) sets nothing but its name."""
+    assert loop_config(compose_config(["loop=s3"]).loop) == SyntheticLoopConfig(
+        name="s3",
+        sampling=SamplingConfig(max_tokens=64),  # the task's length (sst2)
+    )
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("loop.rounds=-1", "loop.rounds must be >= 0"),
+        ("loop.num_gold_val=0", "loop.num_gold_val must be >= 1"),
+        ("loop.max_test=-5", "loop.max_test must be >= 1"),
+        ("loop.seed_size=-5", "loop.seed_size must be >= 1"),
+        ("loop.label_check=bogus", "loop.label_check must be one of"),
+        ("loop.seed_prompt=fewshot", "loop.seed_prompt must be one of"),
+        ("loop.selection_fraction=1.5", "loop.selection_fraction must be between"),
+        ("loop.min_source_similarity=2", "loop.min_source_similarity must be between"),
+    ],
+)
+def test_out_of_range_loop_values_are_one_line_errors(override, message):
+    with pytest.raises(UserError, match=message):
+        loop_config(compose_config([override]).loop)
+
+
+@pytest.mark.parametrize("override", ["loop.rounds=two", "loop.typo=1", "loop.cleaning.leak_ngram=five"])
+def test_wrong_types_and_unknown_loop_keys_fail_at_compose_time(override):
+    with pytest.raises(Exception, match="loop"):
+        compose_config([override])
 
 
 @pytest.mark.parametrize("name", options("logger"))

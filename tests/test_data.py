@@ -6,6 +6,7 @@ import pytest
 from hydra.utils import instantiate
 
 from conftest import TEST_DATA, compose_config
+from s3.config import UserError
 from s3.data import DataError, load_real_data, load_split, stratified_sample
 
 COUNTS = {  # from ../shared/data/README.md
@@ -56,6 +57,21 @@ def test_gold_val_is_stratified_and_seeded(data_dir):
     assert len(a.gold_val) == 200 and sum(r["label"] == 0 for r in a.gold_val) in (98, 99)  # 428/872 of 200
     # the test cap does not depend on the run seed: every seed is scored on the same rows
     assert [r["id"] for r in a.test] == [r["id"] for r in c.test] and len(a.test) == 300
+
+
+def test_selection_rows_are_a_stratified_held_out_slice_of_the_gold_set(data_dir):
+    t = task("sst2")
+    whole = load_real_data(t, data_dir, 200, 300, seed=0)
+    split = load_real_data(t, data_dir, 200, 300, seed=0, selection_fraction=0.25)
+    assert whole.select == [] and whole.selection == whole.gold_val
+    learn, select = {r["id"] for r in split.gold_val}, {r["id"] for r in split.select}
+    assert len(learn) == 150 and len(select) == 50 and not learn & select
+    assert learn | select == {r["id"] for r in whole.gold_val}  # the same 200 gold labels, split
+    assert sum(r["label"] for r in split.select) in (25, 26) and split.selection == split.select
+    again = load_real_data(t, data_dir, 200, 300, seed=0, selection_fraction=0.25)
+    assert [r["id"] for r in again.select] == [r["id"] for r in split.select]
+    with pytest.raises(UserError, match="selection_fraction"):
+        load_real_data(t, data_dir, 1, 300, seed=0, selection_fraction=0.25)  # rounds to no held-out row
 
 
 def test_stratified_sample_proportions():

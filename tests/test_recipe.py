@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
+import s3.loop
 from conftest import read_jsonl
 from s3.config import compose_config
 from s3.llm import LLM, ChatRequest, Completion
 from s3.loop import run_experiment
+from s3.synthesis import GoldLabelCheck
 
 WORDS = {
     "positive": ["wonderful", "moving", "brilliant", "delightful", "charming", "superb", "funny", "warm"],
@@ -89,8 +91,24 @@ def s3_run(tmp_path_factory, data_dir) -> tuple[Path, ScriptedSentimentLLM]:
         ]
     )
     llm = ScriptedSentimentLLM()
-    val_acc = run_experiment(cfg, run_dir=run_dir, llm=llm)
-    assert 0.0 <= val_acc <= 1.0
+    llm.gold_check_rows = []  # what the gold label check was fitted on
+    with pytest.MonkeyPatch.context() as mp:
+        fit = GoldLabelCheck.__init__
+
+        def record(self, embedder, task, gold_rows, *args, **kwargs):
+            llm.gold_check_rows.extend(gold_rows)
+            fit(self, embedder, task, gold_rows, *args, **kwargs)
+
+        mp.setattr(GoldLabelCheck, "__init__", record)
+        llm.selected_on = []  # the rows each training chose its best epoch on
+        train = s3.loop.train_classifier
+
+        def train_recording(train_rows, val_rows, *args, **kwargs):
+            llm.selected_on.append({r["id"] for r in val_rows})
+            return train(train_rows, val_rows, *args, **kwargs)
+
+        mp.setattr(s3.loop, "train_classifier", train_recording)
+        llm.returned = run_experiment(cfg, run_dir=run_dir, llm=llm)
     return run_dir, llm
 
 
@@ -144,3 +162,21 @@ def test_goldgen_writes_from_gold_demonstrations(tmp_path, data_dir) -> None:
     assert {r["source"] for r in rows} == {"goldgen"} and len(rows) == 16
     few_shot = [p for p in llm.prompts if p.startswith("Here are some examples")]
     assert few_shot and all(p.count('"') >= 8 for p in few_shot)  # four quoted demonstrations each
+
+
+def test_held_out_selection_rows_are_never_learned_from(s3_run, data_dir) -> None:
+    run_dir, llm = s3_run
+    parts = read_jsonl(run_dir / "gold_val_ids.jsonl")
+    learn = {p["id"] for p in parts if p["part"] == "learn"}
+    select = {p["id"] for p in parts if p["part"] == "select"}
+    assert len(learn) == 18 and len(select) == 6 and not learn & select  # 25% of 24 held out
+    texts = {r["id"]: r["text"] for r in read_jsonl(data_dir / "sst2" / "validation.jsonl")}
+    assert not [i for i in select if any(texts[i] in p for p in llm.prompts)]  # in no prompt
+    assert {r["id"] for r in llm.gold_check_rows} == learn  # the gold check learns from the learn part only
+    assert llm.selected_on == [select] * 3  # every round's best epoch is chosen on the held-out rows
+    for k in (0, 1, 2):
+        assert {e["id"] for e in read_jsonl(run_dir / "rounds" / f"round_{k}" / "errors.jsonl")} <= learn
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    assert all(0.0 <= m["select_acc"] <= 1.0 for m in metrics)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["n_select"] == 6 and llm.returned == summary["select_acc"] == metrics[-1]["select_acc"]
