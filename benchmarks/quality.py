@@ -151,6 +151,8 @@ def main() -> None:
         multirun(out / f"ablation_{key}", [*common, *known[key][1]], n_seeds)
 
     final: dict[str, list[float]] = defaultdict(list)
+    val: dict[str, list[float]] = defaultdict(list)  # on the gold rows S3 learns from
+    select: dict[str, list[float]] = defaultdict(list)  # on the held-out gold rows (absent when none are held out)
     curves: dict[int, list[float]] = defaultdict(list)
     sizes: dict[str, list[int]] = defaultdict(list)
     for summary_path in sorted(out.rglob("summary.json")):
@@ -158,6 +160,9 @@ def main() -> None:
         group = summary_path.parent.parent.name
         method = known[group.removeprefix("ablation_")][0] if group.startswith("ablation_") else summary["loop"]
         final[method].append(summary["test_acc"])
+        val[method].append(summary["val_acc"])
+        if "select_acc" in summary:
+            select[method].append(summary["select_acc"])
         sizes[method].append(summary["n_train"])
         if method == "s3":
             for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines():
@@ -174,13 +179,17 @@ def main() -> None:
         f"{args.task}, budget {args.budget}, seeds {args.seeds}, test rows <= {args.max_test}, "
         f"{time.perf_counter() - start:.0f} s (finished multiruns are reused)\n"
     )
-    say("| method | test acc (mean ± std) | train rows (mean) | runs | per seed |\n|---|---|---|---|---|")
+    say(
+        "| method | test acc (mean ± std) | val acc | select acc | train rows (mean) | runs | test acc per seed |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     for method in [*methods, *ablations]:
         if final[method]:
             per_seed = ", ".join(f"{100 * x:.1f}" for x in final[method])
+            held_out = mean_std(select[method]) if select[method] else "n/a"
             say(
-                f"| {method} | {mean_std(final[method])} | {statistics.mean(sizes[method]):.0f} | "
-                f"{len(final[method])} | {per_seed} |"
+                f"| {method} | {mean_std(final[method])} | {mean_std(val[method])} | {held_out} | "
+                f"{statistics.mean(sizes[method]):.0f} | {len(final[method])} | {per_seed} |"
             )
     say(
         "\ns3 per round (test acc mean ± std): "

@@ -60,7 +60,7 @@ def card_facts(cfg: DictConfig, final_metrics: Mapping[str, Any]) -> dict[str, A
         "llm": llm.get("model") or llm.get("_target_", "?"),
         "rounds": cfg.loop.rounds,
         "small_model": cfg.small_model.name,
-        "scores": {k: final_metrics[k] for k in ("val_acc", "test_acc") if k in final_metrics},
+        "scores": {k: final_metrics[k] for k in ("val_acc", "select_acc", "test_acc") if k in final_metrics},
         "gap": {k: v for k, v in final_metrics.items() if k.startswith(("gap/", "div/"))},
     }
 
