@@ -15,12 +15,10 @@ import time
 
 from hydra.utils import instantiate
 
-from s3.cleaning import Cleaner
 from s3.config import compose_config, default_data_dir
 from s3.data import load_split, stratified_sample
+from s3.filters import LLMLabelCheck
 from s3.llm import build_llm
-from s3.loop_config import SyntheticLoopConfig
-from s3.synthesis import Synthesizer
 
 
 def report(name: str, scores: list[list[float]], labels: list[int], margins: list[float]) -> None:
@@ -52,9 +50,7 @@ def main() -> None:
         llm_cfg = compose_config([f"task={args.task}", f"llm={name}"])
         start = time.perf_counter()
         llm = build_llm(llm_cfg.llm, llm_cfg.paths.cache_dir)
-        loop = SyntheticLoopConfig(label_check="channel", min_source_similarity=0.0)
-        synth = Synthesizer(llm, task, Cleaner(loop.cleaning, task.fields, task.labels, []), loop, seed=args.seed)
-        scores = synth.channel_scores(rows)
+        scores = LLMLabelCheck(llm, task, "channel", margin=1.0).channel_scores(rows)
         if scores is None:
             raise SystemExit(f"{name}: this backend returns no log-likelihoods")
         per_llm[name] = scores

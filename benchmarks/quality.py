@@ -26,9 +26,9 @@ from hydra.utils import instantiate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results import write_section  # noqa: E402
 from s3.classifier import SmallModelConfig, scores, small_model_config, train_classifier
-from s3.cleaning import Cleaner, CleaningConfig
 from s3.config import REPO_ROOT, compose_config, default_data_dir
 from s3.data import Task, load_real_data, load_split, stratified_sample
+from s3.filters import Cleaner, CleaningConfig
 
 
 def multirun(out: Path, overrides: list[str], jobs: int) -> None:

@@ -27,12 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from s3.artifacts import MODEL_DIR, card_facts, export_dataset, save_classifier
 from s3.classifier import Classifier, SmallModelConfig, scores, small_model_config, train_classifier
-from s3.cleaning import Cleaner
 from s3.config import UserError
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
+from s3.filters import GoldLabelCheck, build_filter_chain, drop_columns
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
 from s3.loop_config import GoldLoopConfig, SyntheticLoopConfig, loop_config
-from s3.synthesis import GoldLabelCheck, Synthesizer, drop_columns
+from s3.synthesis import Synthesizer
 from s3.tracking import (
     RunRecorder,
     atomic_write_json,
@@ -177,25 +177,23 @@ def run_synthetic(
     gap: Any,
 ) -> dict[str, Any]:
     rounds_dir = run_dir / "rounds"
-    # Leak guard: synthetic copies of gold validation or test texts are dropped. The test set is used for
-    # nothing else here: no prompt ever sees it.
-    cleaner = Cleaner(
-        L.cleaning, task.fields, task.labels, real.gold_val + real.select + real.test, meta_phrases=[task.example_kind]
-    )
+    # Post-generation checks (s3.filters). Leak guard: synthetic copies of gold validation, held-out or test
+    # texts are dropped. The test set is used for nothing else here: no prompt ever sees it. The gold check
+    # learns from the gold rows S3 learns from, never from the held-out ones.
     gold_check = (
         GoldLabelCheck(sentence_embedder(cfg), task, real.gold_val, cfg.seed, L.gold_check_min_accuracy)
         if L.gold_check
         else None
     )
-    synth = Synthesizer(
-        llm,
-        task,
-        cleaner,
+    filters = build_filter_chain(
         L,
-        cfg.seed,
-        gold_check=gold_check,
+        task,
+        protected=real.gold_val + real.select + real.test,
+        llm=llm,
         embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 else None,
+        gold_check=gold_check,
     )
+    synth = Synthesizer(llm, task, filters, L, cfg.seed)
     budget = L.total_budget if L.total_budget is not None else math.inf
 
     def finish_round(
@@ -262,7 +260,7 @@ def run_synthetic(
         for k in range(start_round + 1):  # a crash between writing a round and logging it
             if k not in logged and (rounds_dir / f"round_{k}" / "metrics.json").is_file():
                 recorder.log_round(json.loads((rounds_dir / f"round_{k}" / "metrics.json").read_text()))
-        cleaner.add_existing(train_rows)
+        filters.add_existing(train_rows)
         log.info("resuming after round %d (%d synthetic rows, %d errors)", start_round, len(train_rows), len(errors))
 
     for k in range(start_round + 1, L.rounds + 1):

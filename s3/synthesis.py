@@ -1,7 +1,7 @@
 """Turning prompts into clean, labelled synthetic rows: rationales, seed sets, error extrapolation.
 
-Every LLM answer goes parse -> clean (s3.cleaning) -> optional label check, and every row that does not
-survive is counted by reason. Seeds for every request derive from the run seed, the round and the row's
+Every LLM answer is parsed (s3.parsing) and goes through the filter chain (s3.filters), and every row that
+does not survive is counted by reason. Seeds for every request derive from the run seed, the round and the row's
 position, so a re-run (or a resumed run) asks the LLM exactly the same questions and hits the cache.
 """
 
@@ -16,25 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from s3.cleaning import DROP_REASONS, Cleaner, normalize, parse_examples, parse_rationale_items
-from s3.config import UserError
 from s3.data import Task
+from s3.filters import REFERENCE, FilterChain
 from s3.llm import LLM, ChatRequest, Sampling
 from s3.loop_config import SyntheticLoopConfig
+from s3.parsing import normalize, parse_examples, parse_rationale_items
 from s3.prompts import PromptBook, prompt_hash
 
 log = logging.getLogger(__name__)
-
-EXTRA_DROP_REASONS = ("unparsable", "off_source", "gold_disagree", "label_disagree", "over_quota")
-
-
-def drop_columns(drops: Counter) -> dict[str, int]:
-    """Every drop reason as a ``drop/<reason>`` column (0 when none), so logged tables stay aligned."""
-    reasons = (*DROP_REASONS, *EXTRA_DROP_REASONS)
-    unknown = set(drops) - set(reasons)
-    if unknown:
-        raise ValueError(f"unknown drop reasons: {sorted(unknown)}")
-    return {f"drop/{r}": int(drops.get(r, 0)) for r in reasons}
 
 
 def derive_seed(*parts: Any) -> int:
@@ -84,80 +73,14 @@ class Job:
     reference: str | None = None  # error extrapolation: the real example its rows should be like
 
 
-class GoldLabelCheck:
-    """A second label check: logistic regression on sentence embeddings of the gold validation rows.
-
-    S3 has these labelled rows anyway (it learns from their errors). A classifier fitted on them has seen every
-    error with its gold label, so a row written "like" an error but with the other label's sense tends to be
-    put back on the error's side. It is used only where it is good at the task: when its cross-validated
-    accuracy on the gold rows reaches ``min_accuracy`` (mean-pooled embeddings of a sentence pair say little
-    about entailment, so on RTE it stays off).
-    """
-
-    def __init__(
-        self,
-        embedder: Any,
-        task: Task,
-        gold_rows: Sequence[dict[str, Any]],
-        seed: int,
-        min_accuracy: float = 0.6,
-        folds: int = 5,
-    ):
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold, cross_val_score
-
-        self.embedder, self.task = embedder, task
-        x = embedder.embed([task.text_of(r) for r in gold_rows])
-        y = [r["label"] for r in gold_rows]
-        counts = Counter(y)
-        self.model: Any = None
-        self.cv_accuracy = 0.0
-        if len(counts) < len(task.labels) or min(counts.values()) < folds:
-            log.warning("gold label check off: the gold validation set needs >= %d rows of every label", folds)
-            return
-        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        self.cv_accuracy = float(cross_val_score(LogisticRegression(max_iter=2000), x, y, cv=cv).mean())
-        if self.cv_accuracy >= min_accuracy:
-            self.model = LogisticRegression(max_iter=2000).fit(x, y)
-        log.info(
-            "gold label check %s: cross-validated accuracy %.3f on %d gold rows (needs %.2f)",
-            "on" if self.model is not None else "off",
-            self.cv_accuracy,
-            len(y),
-            min_accuracy,
-        )
-
-    def agree(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
-        """True where the classifier predicts the row's intended label (always True while the check is off)."""
-        if self.model is None or not rows:
-            return [True] * len(rows)
-        predicted = self.model.predict(self.embedder.embed([self.task.text_of(r) for r in rows]))
-        return [int(p) == r["label"] for p, r in zip(predicted, rows)]
-
-
 class Synthesizer:
     """Prompts -> kept rows, with the loop's settings (``SyntheticLoopConfig``: sampling, checks, re-asks)."""
 
-    def __init__(
-        self,
-        llm: LLM,
-        task: Task,
-        cleaner: Cleaner,
-        cfg: SyntheticLoopConfig,
-        seed: int,
-        embedder: Any = None,
-        gold_check: GoldLabelCheck | None = None,
-    ):
-        self.llm, self.task, self.cleaner, self.cfg = llm, task, cleaner, cfg
+    def __init__(self, llm: LLM, task: Task, filters: FilterChain, cfg: SyntheticLoopConfig, seed: int):
+        self.llm, self.task, self.filters, self.cfg = llm, task, filters, cfg
         self.sampling = cfg.sampling
-        self.gold_check = gold_check
-        if cfg.min_source_similarity > 0 and embedder is None:
-            raise ValueError("min_source_similarity > 0 needs a sentence embedder")
-        self.embedder, self.min_source_similarity = embedder, cfg.min_source_similarity
         self.book = PromptBook(task)
         self.seed = seed
-        self.label_check = cfg.label_check  # auto becomes choice once a backend turns out not to score text
-        self.label_check_margin = cfg.label_check_margin
 
     # ---- rationales ---------------------------------------------------------------------------------
     def rationales(self) -> dict[str, Any]:
@@ -365,7 +288,7 @@ class Synthesizer:
             )
             requests.append(ChatRequest.from_messages(job.messages, sampling))
             out.prompts[prompt_hash(job.messages)] = job.messages
-        candidates, references = [], {}
+        candidates = []
         for job, completions in zip(jobs, self.llm.generate(requests, call_site=call_site)):
             for completion in completions:
                 out.generated += 1
@@ -380,23 +303,13 @@ class Synthesizer:
                         "round": round_,
                         "source": job.source,
                         "prompt_hash": prompt_hash(job.messages),
+                        REFERENCE: job.reference,
                     }
                 )
-                references[id(candidates[-1])] = job.reference
-        kept, drops = self.cleaner.filter(candidates)
+        kept, drops = self.filters(candidates)
         out.drops.update(drops)
-        checks = []  # (drop reason, rows -> keep flags); the cheap embedding checks before LLM scoring
-        if self.min_source_similarity > 0:
-            checks.append(("off_source", lambda rows: self.near_source(rows, [references[id(r)] for r in rows])))
-        if self.gold_check is not None:
-            checks.append(("gold_disagree", self.gold_check.agree))
-        if self.label_check != "none":
-            checks.append(("label_disagree", self.check_labels))
-        for reason, check in checks:
-            if kept:
-                ok = check(kept)
-                out.drops[reason] += ok.count(False)
-                kept = [row for row, keep in zip(kept, ok) if keep]
+        for row in kept:
+            del row[REFERENCE]
         out.rows = kept
         log.info(
             "%s (round %d, attempt %s): %d prompts -> %d answers -> %d kept; dropped %s",
@@ -409,80 +322,6 @@ class Synthesizer:
             dict(out.drops),
         )
         return out
-
-    def near_source(self, rows: Sequence[dict[str, Any]], references: Sequence[str | None]) -> list[bool]:
-        """True where a row is like the real example it was extrapolated from (or has none).
-
-        "Like it" is cosine similarity of sentence embeddings of at least ``min_source_similarity``. A small LLM
-        asked for "a new sentence like this one" often drifts to a generic one; such a row does not sample the
-        region of the real distribution where the small model failed, which is the point of extrapolation.
-        """
-        pairs = [(i, self.task.text_of(row), ref) for i, (row, ref) in enumerate(zip(rows, references)) if ref]
-        ok = [True] * len(rows)
-        if pairs:
-            new = self.embedder.embed([text for _, text, _ in pairs])
-            old = self.embedder.embed([ref for _, _, ref in pairs])
-            for (i, _, _), sim in zip(pairs, (new * old).sum(1)):
-                ok[i] = bool(sim >= self.min_source_similarity)
-        return ok
-
-    def check_labels(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
-        """True where the LLM's judgement agrees with a row's intended label.
-
-        ``choice``: the LLM re-labels the row (constrained choice over the label names): direct zero-shot
-        classification, which a small LLM does near chance (SmolLM2-135M: 50-63% on SST-2 validation).
-        ``auto``: channel when the backend scores text (transformers), else choice (vLLM, servers).
-        ``channel``: the noisy-channel direction (Min et al., ACL 2022): score log P(row | "write one <label>
-        example") for every label with the task's ZeroGen prompt, and drop the row when another label explains it
-        better by more than ``label_check_margin`` nats. Measured on 200 SST-2 validation rows with SmolLM2-135M:
-        72.5% accuracy as a classifier; rows with a margin above 2 nats 90% right.
-        """
-        if self.label_check == "choice":
-            return self._choice_check(rows)
-        scores = self.channel_scores(rows)
-        if scores is None:
-            if self.label_check == "auto":  # servers and vLLM: re-label instead (fine for the large LLMs they run)
-                log.info(
-                    "label check: %s returns no log-likelihoods; using the constrained-choice check", self.llm.name
-                )
-                self.label_check = "choice"
-                return self._choice_check(rows)
-            raise UserError(
-                f"loop.label_check=channel needs an LLM backend that scores text (llm=smollm2 or "
-                f"llm=transformers); {self.llm.name} returns no log-likelihoods. Use auto or choice."
-            )
-        return [
-            max(s[k] for k in range(len(s)) if k != r["label"]) - s[r["label"]] <= self.label_check_margin
-            for r, s in zip(rows, scores)
-        ]
-
-    def channel_scores(self, rows: Sequence[dict[str, Any]]) -> list[list[float]] | None:
-        """Per row, log P(row | the task's ZeroGen prompt for label k) for every k; None when the LLM can't score."""
-        labels = range(len(self.task.labels))
-        prompts = [self.book.messages("zerogen", **self.book.label_fields(k)) for k in labels]
-        requests = [
-            ChatRequest.from_messages(
-                prompts[k], Sampling(temperature=0.0, max_tokens=8), choices=[self.book.example(r)]
-            )
-            for r in rows
-            for k in labels
-        ]
-        flat = [a[0].logprob for a in self.llm.generate(requests, call_site="label_check")]
-        if any(x is None for x in flat):
-            return None
-        return [flat[i : i + len(labels)] for i in range(0, len(flat), len(labels))]  # type: ignore[misc]
-
-    def _choice_check(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
-        requests = [
-            ChatRequest.from_messages(
-                self.book.messages("relabel", example=self.book.example(r)),
-                Sampling(temperature=0.0, max_tokens=8),
-                choices=self.task.labels,
-            )
-            for r in rows
-        ]
-        answers = self.llm.generate(requests, call_site="relabel")
-        return [a[0].text == self.task.labels[r["label"]] for r, a in zip(rows, answers)]
 
 
 def _unique(items: Any) -> list[str]:

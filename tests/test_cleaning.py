@@ -1,4 +1,4 @@
-"""Tests for s3.cleaning: parsing LLM answers and filtering synthetic rows (no models, fast)."""
+"""Tests for s3.parsing and the text filters of s3.filters: parsing LLM answers, cleaning rows (fast)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from s3.cleaning import (
-    DROP_REASONS,
-    Cleaner,
-    CleaningConfig,
-    _after_intro_line,
-    _unwrap_framed_quote,
-    normalize,
-    parse_examples,
-    parse_rationale_items,
-    summarize_drops,
-)
+from s3.filters import DROP_REASONS, Cleaner, CleaningConfig, drop_columns
+from s3.parsing import _after_intro_line, _unwrap_framed_quote, normalize, parse_examples, parse_rationale_items
 
 DATA_DIR = Path(os.environ.get("S3_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no data dir at {DATA_DIR}")
@@ -260,11 +251,11 @@ def test_pair_incomplete_is_unparsable() -> None:
 # ---------------------------------------------------------------------------------------------- filtering
 
 
-def test_summarize_drops_has_stable_columns() -> None:
-    assert list(summarize_drops(Counter(leak=2))) == list(DROP_REASONS)
-    assert summarize_drops(Counter(leak=2))["leak"] == 2 and summarize_drops(Counter())["refusal"] == 0
-    with pytest.raises(ValueError):
-        summarize_drops(Counter(bogus=1))
+def test_drop_columns_are_stable() -> None:
+    assert list(drop_columns(Counter(leak=2))) == [f"drop/{r}" for r in DROP_REASONS]
+    assert drop_columns(Counter(leak=2))["drop/leak"] == 2 and drop_columns(Counter())["drop/refusal"] == 0
+    with pytest.raises(ValueError, match="bogus"):
+        drop_columns(Counter(bogus=1))
 
 
 def test_normalize_is_punctuation_and_tokenisation_blind() -> None:
@@ -422,7 +413,7 @@ def test_real_sst2_and_imdb_text_is_not_mistaken_for_assistant_talk() -> None:
     flagged = 0
     for name in ("sst2", "imdb"):
         for r in load(DATA_DIR / name / "train.jsonl"):
-            flagged += bool(c._check({"text": r["text"], "label": r["label"]})[0] in ("refusal", "boilerplate"))
+            flagged += bool(c.rules.reason({"text": r["text"], "label": r["label"]}) in ("refusal", "boilerplate"))
     assert flagged <= 5  # measured: 2, both opening with "here is" / "Here's one you can watch"
 
 

@@ -269,17 +269,14 @@ def test_channel_label_check_tells_real_labels_from_flipped_ones(smollm2: LLM, d
     """The noisy-channel check on 80 real SST-2 validation rows: right labels kept far more often than flipped ones."""
     from hydra.utils import instantiate
 
-    from s3.cleaning import Cleaner
     from s3.data import load_split
-    from s3.loop_config import SyntheticLoopConfig
-    from s3.synthesis import Synthesizer
+    from s3.filters import LLMLabelCheck
 
     task = instantiate(compose_config(["task=sst2"]).task)
     rows = load_split(task, "validation", data_dir)[:80]
-    loop = SyntheticLoopConfig(label_check="channel", label_check_margin=1.0, min_source_similarity=0.0)
-    synth = Synthesizer(smollm2, task, Cleaner(loop.cleaning, task.fields, task.labels, []), loop, seed=0)
-    kept_right = sum(synth.check_labels(rows)) / len(rows)
-    kept_flipped = sum(synth.check_labels([{**r, "label": 1 - r["label"]} for r in rows])) / len(rows)
+    check = LLMLabelCheck(smollm2, task, "channel", margin=1.0)
+    kept_right = sum(check.keep(rows)) / len(rows)
+    kept_flipped = sum(check.keep([{**r, "label": 1 - r["label"]} for r in rows])) / len(rows)
     assert kept_right >= 0.75 and kept_right - kept_flipped >= 0.2, (kept_right, kept_flipped)
 
 

@@ -18,9 +18,9 @@ import pytest
 import s3.loop
 from conftest import read_jsonl
 from s3.config import compose_config
+from s3.filters import GoldLabelCheck
 from s3.llm import LLM, ChatRequest, Completion
 from s3.loop import run_experiment
-from s3.synthesis import GoldLabelCheck
 
 WORDS = {
     "positive": ["wonderful", "moving", "brilliant", "delightful", "charming", "superb", "funny", "warm"],

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from conftest import DATA_DIR, REPO, read_jsonl, run_cli
-from s3.cleaning import normalize
 from s3.embed import SentenceEmbedder
+from s3.parsing import normalize
 
 TINY = [
     "loop=s3",

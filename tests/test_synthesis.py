@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from hydra.utils import instantiate
 
-from s3.cleaning import Cleaner
 from s3.config import UserError, compose_config
+from s3.filters import FlagFilter, GoldLabelCheck, LLMLabelCheck, build_filter_chain
 from s3.llm import LLM, ChatRequest, Completion
 from s3.loop_config import SamplingConfig, SyntheticLoopConfig
-from s3.synthesis import GoldLabelCheck, Synthesizer, label_quotas
+from s3.synthesis import Synthesizer, label_quotas
 
 VOCAB = [f"{a}{b}" for a in ("bra", "dul", "fen", "gor", "lim", "mor", "pel", "tas") for b in "aeiouyxz"]
 
@@ -56,8 +56,8 @@ def synthesizer(llm: LLM, embedder: Any = None, gold_check: Any = None, **loop: 
             **loop,
         }
     )
-    cleaner = Cleaner(cfg.cleaning, task.fields, task.labels, [], meta_phrases=[task.example_kind])
-    return Synthesizer(llm, task, cleaner, cfg, seed=0, embedder=embedder, gold_check=gold_check)
+    filters = build_filter_chain(cfg, task, protected=[], llm=llm, embedder=embedder, gold_check=gold_check)
+    return Synthesizer(llm, task, filters, cfg, seed=0)
 
 
 class EchoLLM(LLM):
@@ -167,13 +167,11 @@ def test_rationales_pool_parsed_items_and_fall_back_to_label_descriptions() -> N
 def test_channel_check_needs_scores_auto_falls_back_to_relabelling() -> None:
     rows = [{"text": "a warm and witty film", "label": 1}]
     llm = ScriptedLLM()
-    synth = synthesizer(llm)
-    synth.label_check = "channel"
     with pytest.raises(UserError, match="scores text"):
-        synth.check_labels(rows)
-    synth.label_check = "auto"
-    synth.check_labels(rows)  # the scripted backend answers with text, not a label: counts as disagreement
-    assert synth.label_check == "choice" and "relabel" in llm.usage()
+        LLMLabelCheck(llm, sst2_task(), "channel", margin=1.0).keep(rows)
+    auto = LLMLabelCheck(llm, sst2_task(), "auto", margin=1.0)
+    assert auto(rows) == ([], {"label_disagree": 1})  # the scripted backend answers with text, not a label
+    assert auto.mode == "choice" and "relabel" in llm.usage()
 
 
 def marked_rows(n: int, seed: int, flip: float = 0.0) -> list[dict[str, Any]]:
@@ -210,10 +208,12 @@ def test_gold_check_stays_off_when_it_cannot_learn_the_task() -> None:
     assert GoldLabelCheck(BagOfWords(), sst2_task(), one_label, seed=0).model is None
 
 
-class KeepLabel:
+class KeepLabel(FlagFilter):
     """A stand-in gold check that agrees only with label 1."""
 
-    def agree(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
+    reason = "gold_disagree"
+
+    def keep(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
         return [r["label"] == 1 for r in rows]
 
 
@@ -304,3 +304,34 @@ def test_goldgen_prompts_show_gold_rows_as_demonstrations() -> None:
     assert len({tuple(d["id"] for d in s) for s in shown}) > 1  # sampled per prompt, not one fixed set
     labelled = [f'{["negative", "positive"][d["label"]]}: "{d["text"]}"' for s in shown for d in s]
     assert all(line in "".join(job.messages[-1]["content"] for job in jobs) for line in labelled)
+
+
+def test_the_filter_chain_follows_the_loop_config() -> None:
+    task = sst2_task()
+
+    def kinds(**loop: Any) -> list[str]:
+        cfg = SyntheticLoopConfig(**loop)
+        gold = KeepLabel() if cfg.gold_check else None
+        chain = build_filter_chain(cfg, task, [], llm=ScriptedLLM(), embedder=BagOfWords(), gold_check=gold)
+        return [type(f).__name__ for f in chain.filters]
+
+    assert kinds() == ["Cleaner", "SourceSimilarity", "KeepLabel", "LLMLabelCheck"]  # the defaults: every check
+    assert kinds(label_check="none", gold_check=False, min_source_similarity=0.0) == ["Cleaner"]  # ZeroGen's
+    with pytest.raises(ValueError, match="embedder"):
+        build_filter_chain(SyntheticLoopConfig(), task, [], llm=ScriptedLLM())
+
+
+def test_each_filter_counts_its_own_drops_and_later_filters_see_only_survivors() -> None:
+    rows = [
+        {"text": "Sure! Here is a positive review:", "label": 1},  # boilerplate (text rules)
+        {"text": "a real example number 3", "label": 1},  # a copy of a protected text (leak)
+        {"text": "brae dula fene gori limu", "label": 0},  # label 0: the stand-in gold check drops it
+        {"text": "brae dula fene gori limu", "label": 0},  # its duplicate: dedup sees it before the gold check
+        {"text": "mora pela tasy brax dulo", "label": 1},  # kept
+    ]
+    cfg = SyntheticLoopConfig(label_check="none", min_source_similarity=0.0)
+    chain = build_filter_chain(cfg, sst2_task(), ["a real example number 3"], gold_check=KeepLabel())
+    kept, drops = chain([dict(r) for r in rows])
+    assert [r["text"] for r in kept] == ["mora pela tasy brax dulo"]
+    assert drops == {"boilerplate": 1, "leak": 1, "duplicate": 1, "gold_disagree": 1}
+    assert set(chain.reasons) >= set(drops)

@@ -1,10 +1,10 @@
-"""Turn raw LLM answers into training examples and filter out the junk.
+"""Turn raw LLM answers into training examples: parsing, unframing, and the text tests the filters share.
 
 With a small generator (SmolLM2-135M-Instruct) the S3 loop stands or falls on this step: the model wraps
 examples in assistant chatter ("Sure! Here's a positive review: …"), refuses, repeats itself and sometimes
 parrots the gold validation examples it was shown during error extrapolation. The paper's own published data
 still contains refusals and duplicates, so every synthetic row goes through :func:`parse_examples` and then
-:class:`Cleaner`.
+the filter chain (``s3.filters``).
 """
 
 from __future__ import annotations
@@ -13,24 +13,9 @@ import functools
 import hashlib
 import json
 import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
-
-DROP_REASONS: tuple[str, ...] = (
-    "empty",
-    "too_short",
-    "too_long",
-    "refusal",
-    "boilerplate",
-    "states_label",
-    "leak",
-    "label_conflict",
-    "duplicate",
-    "near_duplicate",
-)
 
 # --------------------------------------------------------------------------------------------------
 # Normalization (the one definition used for dedup, leak and label checks)
@@ -47,14 +32,6 @@ def normalize(text: str) -> str:
     text ("it's") normalize to the same string.
     """
     return _NON_WORD.sub(" ", _HTML_TAG.sub(" ", text).lower()).strip()
-
-
-def summarize_drops(counter: Mapping[str, int]) -> dict[str, int]:
-    """All reasons in a fixed order, 0 when absent, so logged tables keep stable columns."""
-    unknown = set(counter) - set(DROP_REASONS)
-    if unknown:
-        raise ValueError(f"unknown drop reasons: {sorted(unknown)}")
-    return {reason: int(counter.get(reason, 0)) for reason in DROP_REASONS}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -414,7 +391,7 @@ _BOILERPLATE = re.compile(
 )
 
 
-def _boilerplate_kind(text: str) -> str | None:
+def boilerplate_kind(text: str) -> str | None:
     """`refusal` or `boilerplate` when the text is assistant talk rather than an example."""
     text = text.replace("’", "'")
     if _REFUSAL.search(text):
@@ -426,8 +403,6 @@ def _boilerplate_kind(text: str) -> str | None:
 
 _RNG = np.random.default_rng(20231013)
 _MULTIPLIERS = _RNG.integers(1, 2**63, size=64, dtype=np.int64).astype(np.uint64) | np.uint64(1)
-_MINHASH_A = _RNG.integers(1, 2**63, size=64, dtype=np.int64).astype(np.uint64) | np.uint64(1)
-_MINHASH_B = _RNG.integers(0, 2**63, size=64, dtype=np.int64).astype(np.uint64)
 
 
 @functools.cache
@@ -436,12 +411,12 @@ def _word_hash(word: str) -> int:
     return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
 
 
-def _word_hashes(norm: str) -> np.ndarray:
+def word_hashes(norm: str) -> np.ndarray:
     words = norm.split()
     return np.fromiter(map(_word_hash, words), dtype=np.uint64, count=len(words))
 
 
-def _gram_hashes(words: np.ndarray, n: int) -> np.ndarray:
+def gram_hashes(words: np.ndarray, n: int) -> np.ndarray:
     """64-bit hashes of all word n-grams (a random-multiplier sum, so order matters)."""
     count = len(words) - n + 1
     if count <= 0:
@@ -450,175 +425,3 @@ def _gram_hashes(words: np.ndarray, n: int) -> np.ndarray:
     for j in range(1, n):
         out += words[j : j + count] * _MULTIPLIERS[j]
     return out
-
-
-@dataclass
-class CleaningConfig:
-    min_words: int = 3
-    max_words: int = 400  # per field; for pairs applied to each field
-    near_dup_threshold: float = 0.8  # Jaccard of word-shingle sets; >= → near duplicate
-    leak_threshold: float = 0.5  # share of a candidate's word n-grams found in one protected text; > → leak
-    leak_ngram: int = 5  # words per n-gram of the leak guard
-    forbid_label_words: bool = False  # drop examples that state their own label outright
-    shingle_size: int = 3  # words per shingle for near-duplicate Jaccard
-
-
-class _NgramIndex:
-    """Protected (gold) texts as sorted (n-gram hash, text id) arrays: compact enough for 25k IMDb reviews."""
-
-    def __init__(self, word_arrays: list[np.ndarray], n: int) -> None:
-        self.n = n
-        lengths = np.array([len(a) for a in word_arrays], dtype=np.int64)
-        if not word_arrays or lengths.sum() < n:
-            self.hashes = np.empty(0, dtype=np.uint64)
-            self.ids = np.empty(0, dtype=np.int64)
-            return
-        words = np.concatenate(word_arrays)
-        doc = np.repeat(np.arange(len(word_arrays)), lengths)
-        grams = _gram_hashes(words, n)
-        same_doc = doc[: len(grams)] == doc[n - 1 :]
-        grams, doc = grams[same_doc], doc[: len(same_doc)][same_doc]
-        order = np.argsort(grams, kind="stable")  # doc ids are already ascending, so ties stay in doc order
-        grams, doc = grams[order], doc[order]
-        first = np.ones(len(grams), dtype=bool)
-        first[1:] = (grams[1:] != grams[:-1]) | (doc[1:] != doc[:-1])
-        self.hashes, self.ids = grams[first], doc[first]
-
-    def max_share(self, words: np.ndarray) -> float:
-        """Largest share of the text's distinct n-grams that occur in a single protected text."""
-        grams = np.unique(_gram_hashes(words, self.n))
-        if len(grams) == 0 or len(self.hashes) == 0:
-            return 0.0
-        lo = np.searchsorted(self.hashes, grams)
-        hit = self.hashes[np.minimum(lo, len(self.hashes) - 1)] == grams
-        if not hit.any():
-            return 0.0
-        hi = np.searchsorted(self.hashes, grams[hit], "right")
-        ids = np.concatenate([self.ids[a:b] for a, b in zip(lo[hit], hi)])
-        return float(np.unique(ids, return_counts=True)[1].max()) / len(grams)
-
-
-class Cleaner:
-    """Filters candidate rows against quality rules, the synthetic set so far, and the gold evaluation data.
-
-    Leak policy for pair tasks: only the last field (RTE hypothesis, QNLI sentence) is compared with protected
-    texts. RTE reuses premises across train/validation/test in the real data and S3 copies train premises into
-    its synthetic pairs, so a shared premise is not a leak; a copied pair always copies its last field, so the
-    full-pair exact match is covered too. Pass gold *rows* (mappings with the `fields`) for pair tasks; plain
-    strings are taken as last-field texts (pass premises that way and shared premises would count as leaks).
-    """
-
-    def __init__(
-        self,
-        cfg: CleaningConfig,
-        fields: Sequence[str],
-        label_names: Sequence[str],
-        protected_texts: Iterable[str | Mapping[str, str]],
-        meta_phrases: Iterable[str] = (),
-    ) -> None:
-        self.cfg = cfg
-        self.fields = list(fields)
-        self.label_names = [normalize(n) for n in label_names]
-        # The task's own framing ("movie review sentence") inside an example is the LLM talking about the task;
-        # real SST-2/IMDb text never contains it. Single words ("tweet") are too common to use this way.
-        self._meta = [f" {normalize(p)} " for p in meta_phrases if len(normalize(p).split()) >= 2]
-        self._labels_by_key: dict[str, int] = {}
-        self._shingles: list[list[frozenset[int]]] = []
-        self._band_index: dict[tuple[int, bytes], list[int]] = {}
-        # Near duplicates: MinHash LSH proposes candidates (rows per band chosen for >= 99.9% recall at the
-        # threshold), exact Jaccard decides. Pairwise Jaccard over thousands of reviews would be O(N^2).
-        self._band_rows = next(
-            (r for r in range(8, 0, -1) if 1 - (1 - cfg.near_dup_threshold**r) ** (64 // r) >= 0.999), 1
-        )
-        self._band_count = 64 // self._band_rows
-        exact: set[str] = set()
-        arrays: list[np.ndarray] = []
-        for item in protected_texts:
-            text = item if isinstance(item, str) else item[self.fields[-1]]
-            norm = normalize(text)
-            if norm and norm not in exact:
-                exact.add(norm)
-                arrays.append(_word_hashes(norm))
-        self._protected = exact
-        self._ngrams = _NgramIndex(arrays, cfg.leak_ngram)
-
-    def add_existing(self, rows: Iterable[dict]) -> None:
-        """Register rows already in the synthetic set (e.g. on resume) so candidates dedup against them."""
-        for row in rows:
-            norms = [normalize(str(row.get(f) or "")) for f in self.fields]
-            self._register(norms, self._shingle_sets(norms), int(row["label"]))
-
-    def filter(self, candidates: Sequence[dict]) -> tuple[list[dict], Counter[str]]:
-        """Kept rows (unchanged dicts, now part of the existing set) and drop counts by reason."""
-        kept: list[dict] = []
-        drops: Counter[str] = Counter()
-        for row in candidates:
-            reason, norms, shingles = self._check(row)
-            if reason:
-                drops[reason] += 1
-            else:
-                self._register(norms, shingles, int(row["label"]))
-                kept.append(row)
-        return kept, drops
-
-    # -- internals ---------------------------------------------------------------------------------
-
-    def _check(self, row: Mapping) -> tuple[str | None, list[str], list[frozenset[int]]]:
-        texts = [str(row.get(f) or "").strip() for f in self.fields]
-        norms = [normalize(t) for t in texts]
-        if not all(norms):
-            return "empty", norms, []
-        kinds = {_boilerplate_kind(t) for t in texts} - {None}
-        if not kinds and any(p in f" {n} " for p in self._meta for n in norms):
-            kinds = {"boilerplate"}
-        if kinds:
-            return ("refusal" if "refusal" in kinds else "boilerplate"), norms, []
-        lengths = [len(n.split()) for n in norms]
-        if min(lengths) < self.cfg.min_words:
-            return "too_short", norms, []
-        if max(lengths) > self.cfg.max_words:
-            return "too_long", norms, []
-        label = int(row["label"])
-        if self.cfg.forbid_label_words and 0 <= label < len(self.label_names):
-            name = f" {self.label_names[label]} "
-            if any(name in f" {n} " for n in norms):
-                return "states_label", norms, []
-        last = norms[-1]
-        if last in self._protected or self._ngrams.max_share(_word_hashes(last)) > self.cfg.leak_threshold:
-            return "leak", norms, []
-        seen = self._labels_by_key.get("\x1f".join(norms))
-        if seen is not None:
-            return ("duplicate" if seen == label else "label_conflict"), norms, []
-        shingles = self._shingle_sets(norms)
-        if self._near_duplicate(shingles, self._bands(shingles[-1])):
-            return "near_duplicate", norms, []
-        return None, norms, shingles
-
-    def _shingle_sets(self, norms: list[str]) -> list[frozenset[int]]:
-        sets = []
-        for norm in norms:
-            words = _word_hashes(norm)
-            size = max(1, min(self.cfg.shingle_size, len(words)))
-            sets.append(frozenset(_gram_hashes(words, size).tolist()))
-        return sets
-
-    def _bands(self, shingles: frozenset[int]) -> list[tuple[int, bytes]]:
-        """MinHash LSH keys (band number, band signature) of a shingle set."""
-        values = np.fromiter(shingles, dtype=np.uint64, count=len(shingles))
-        signature = (values[:, None] * _MINHASH_A + _MINHASH_B).min(axis=0)[: self._band_count * self._band_rows]
-        return [(i, band.tobytes()) for i, band in enumerate(signature.reshape(self._band_count, -1))]
-
-    def _near_duplicate(self, shingles: list[frozenset[int]], bands: list[tuple[int, bytes]]) -> bool:
-        threshold = self.cfg.near_dup_threshold
-        candidates = {i for key in bands for i in self._band_index.get(key, ())}
-        return any(
-            all(len(a & b) >= threshold * len(a | b) for a, b in zip(shingles, self._shingles[i])) for i in candidates
-        )
-
-    def _register(self, norms: list[str], shingles: list[frozenset[int]], label: int) -> None:
-        self._labels_by_key.setdefault("\x1f".join(norms), label)
-        if not all(shingles):
-            return
-        self._shingles.append(shingles)
-        for key in self._bands(shingles[-1]):
-            self._band_index.setdefault(key, []).append(len(self._shingles) - 1)

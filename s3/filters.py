@@ -1,0 +1,491 @@
+"""Post-generation checks as a chain of small filters, each counting what it drops (distilabel-style).
+
+A parsed LLM answer becomes a candidate row; the chain decides whether it joins the synthetic set:
+
+    quality rules -> leak guard -> dedup -> source similarity -> gold label check -> LLM label check
+
+Every filter has one interface (``rows -> kept rows, drop counts``) and names the reasons it drops for; the
+cheap text checks run first, the embedding checks next, LLM scoring last. ``build_filter_chain`` assembles the
+chain from the loop config; ``Cleaner`` is its text part (the first three), also used on the paper's data.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+from s3.config import UserError
+from s3.data import Task
+from s3.llm import LLM, ChatRequest, Sampling
+from s3.parsing import boilerplate_kind, gram_hashes, normalize, word_hashes
+from s3.prompts import PromptBook
+
+log = logging.getLogger(__name__)
+
+REFERENCE = "_reference"  # a candidate's source text (error extrapolation), read by SourceSimilarity, then removed
+
+
+@dataclass
+class CleaningConfig:
+    min_words: int = 3
+    max_words: int = 400  # per field; for pairs applied to each field
+    near_dup_threshold: float = 0.8  # Jaccard of word-shingle sets; >= -> near duplicate (> 1: off)
+    leak_threshold: float = 0.5  # share of a candidate's word n-grams found in one protected text; > -> leak
+    leak_ngram: int = 5  # words per n-gram of the leak guard
+    forbid_label_words: bool = False  # drop examples that state their own label outright
+    shingle_size: int = 3  # words per shingle for near-duplicate Jaccard
+
+
+class RowFilter(ABC):
+    """One check: the rows it keeps (in order) and how many it dropped for each of its ``reasons``."""
+
+    reasons: tuple[str, ...]
+
+    @abstractmethod
+    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]: ...
+
+
+class FlagFilter(RowFilter):
+    """A check that judges rows one batch at a time and drops the rows it flags under one reason."""
+
+    reason: str
+
+    @property
+    def reasons(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (self.reason,)
+
+    @abstractmethod
+    def keep(self, rows: Sequence[dict]) -> list[bool]: ...
+
+    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]:
+        flags = self.keep(rows) if rows else []
+        dropped = flags.count(False)
+        return [r for r, ok in zip(rows, flags) if ok], Counter({self.reason: dropped} if dropped else {})
+
+
+class FilterChain(RowFilter):
+    """Filters in order, each on what the previous kept; drops summed by reason."""
+
+    def __init__(self, filters: Iterable[RowFilter]):
+        self.filters = list(filters)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(r for f in self.filters for r in f.reasons)
+
+    def add_existing(self, rows: Iterable[Mapping]) -> None:
+        """Rows already in the synthetic set (a resumed run): the filters that remember rows learn them."""
+        rows = list(rows)
+        for f in self.filters:
+            if hasattr(f, "add_existing"):
+                f.add_existing(rows)
+
+    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]:
+        drops: Counter[str] = Counter()
+        for f in self.filters:
+            if not rows:
+                break
+            rows, dropped = f(rows)
+            drops.update(dropped)
+        return rows, drops
+
+
+# ---- text checks ----------------------------------------------------------------------------------------
+
+
+class QualityRules(RowFilter):
+    """Per-row rules: empty, refusals, assistant talk, length, and (optionally) stating the label outright."""
+
+    reasons = ("empty", "refusal", "boilerplate", "too_short", "too_long", "states_label")  # type: ignore[assignment]
+
+    def __init__(self, cfg: CleaningConfig, fields: Sequence[str], label_names: Sequence[str],
+                 meta_phrases: Iterable[str] = ()):  # fmt: skip
+        self.cfg, self.fields = cfg, list(fields)
+        self.label_names = [normalize(n) for n in label_names]
+        # The task's own framing ("movie review sentence") inside an example is the LLM talking about the task;
+        # real SST-2/IMDb text never contains it. Single words ("tweet") are too common to use this way.
+        self.meta = [f" {normalize(p)} " for p in meta_phrases if len(normalize(p).split()) >= 2]
+
+    def reason(self, row: Mapping) -> str | None:
+        texts = [str(row.get(f) or "").strip() for f in self.fields]
+        norms = [normalize(t) for t in texts]
+        if not all(norms):
+            return "empty"
+        kinds = {boilerplate_kind(t) for t in texts} - {None}
+        if not kinds and any(p in f" {n} " for p in self.meta for n in norms):
+            kinds = {"boilerplate"}
+        if kinds:
+            return "refusal" if "refusal" in kinds else "boilerplate"
+        lengths = [len(n.split()) for n in norms]
+        if min(lengths) < self.cfg.min_words:
+            return "too_short"
+        if max(lengths) > self.cfg.max_words:
+            return "too_long"
+        label = int(row["label"])
+        if self.cfg.forbid_label_words and 0 <= label < len(self.label_names):
+            name = f" {self.label_names[label]} "
+            if any(name in f" {n} " for n in norms):
+                return "states_label"
+        return None
+
+    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]:
+        kept, drops = [], Counter()
+        for row in rows:
+            reason = self.reason(row)
+            if reason:
+                drops[reason] += 1
+            else:
+                kept.append(row)
+        return kept, drops
+
+
+class _NgramIndex:
+    """Protected (gold) texts as sorted (n-gram hash, text id) arrays: compact enough for 25k IMDb reviews."""
+
+    def __init__(self, word_arrays: list[np.ndarray], n: int) -> None:
+        self.n = n
+        lengths = np.array([len(a) for a in word_arrays], dtype=np.int64)
+        if not word_arrays or lengths.sum() < n:
+            self.hashes = np.empty(0, dtype=np.uint64)
+            self.ids = np.empty(0, dtype=np.int64)
+            return
+        words = np.concatenate(word_arrays)
+        doc = np.repeat(np.arange(len(word_arrays)), lengths)
+        grams = gram_hashes(words, n)
+        same_doc = doc[: len(grams)] == doc[n - 1 :]
+        grams, doc = grams[same_doc], doc[: len(same_doc)][same_doc]
+        order = np.argsort(grams, kind="stable")  # doc ids are already ascending, so ties stay in doc order
+        grams, doc = grams[order], doc[order]
+        first = np.ones(len(grams), dtype=bool)
+        first[1:] = (grams[1:] != grams[:-1]) | (doc[1:] != doc[:-1])
+        self.hashes, self.ids = grams[first], doc[first]
+
+    def max_share(self, words: np.ndarray) -> float:
+        """Largest share of the text's distinct n-grams that occur in a single protected text."""
+        grams = np.unique(gram_hashes(words, self.n))
+        if len(grams) == 0 or len(self.hashes) == 0:
+            return 0.0
+        lo = np.searchsorted(self.hashes, grams)
+        hit = self.hashes[np.minimum(lo, len(self.hashes) - 1)] == grams
+        if not hit.any():
+            return 0.0
+        hi = np.searchsorted(self.hashes, grams[hit], "right")
+        ids = np.concatenate([self.ids[a:b] for a, b in zip(lo[hit], hi)])
+        return float(np.unique(ids, return_counts=True)[1].max()) / len(grams)
+
+
+class LeakGuard(FlagFilter):
+    """Drops copies and near-copies of protected texts (gold validation and test rows).
+
+    Pair tasks: only the last field (RTE hypothesis, QNLI sentence) is compared. RTE reuses premises across
+    train/validation/test in the real data, so a shared premise is not a leak; a copied pair always copies its
+    last field, so the full-pair exact match is covered too. Pass gold *rows* (mappings with the ``fields``) for
+    pair tasks; plain strings are taken as last-field texts.
+    """
+
+    reason = "leak"
+
+    def __init__(self, cfg: CleaningConfig, fields: Sequence[str], protected: Iterable[str | Mapping[str, str]]):
+        self.cfg, self.field = cfg, list(fields)[-1]
+        exact: set[str] = set()
+        arrays: list[np.ndarray] = []
+        for item in protected:
+            norm = normalize(item if isinstance(item, str) else item[self.field])
+            if norm and norm not in exact:
+                exact.add(norm)
+                arrays.append(word_hashes(norm))
+        self.exact = exact
+        self.ngrams = _NgramIndex(arrays, cfg.leak_ngram)
+
+    def leaks(self, row: Mapping) -> bool:
+        last = normalize(str(row.get(self.field) or ""))
+        return last in self.exact or self.ngrams.max_share(word_hashes(last)) > self.cfg.leak_threshold
+
+    def keep(self, rows: Sequence[dict]) -> list[bool]:
+        return [not self.leaks(r) for r in rows]
+
+
+class Deduplicator(RowFilter):
+    """Drops exact duplicates (and the same text under another label) and near duplicates of the synthetic set
+    so far; every kept row joins that set. Near duplicates: datasketch's MinHash LSH proposes candidates
+    (bands chosen for >= 99.9% recall at the threshold), the exact Jaccard of word shingles decides."""
+
+    reasons = ("label_conflict", "duplicate", "near_duplicate")  # type: ignore[assignment]
+    NUM_PERM = 64
+
+    def __init__(self, cfg: CleaningConfig, fields: Sequence[str]):
+        self.cfg, self.fields = cfg, list(fields)
+        self.labels_by_key: dict[str, int] = {}
+        self.shingles: list[list[frozenset[int]]] = []
+        threshold = cfg.near_dup_threshold
+        self.lsh: MinHashLSH | None = None
+        if threshold <= 1.0:
+            rows = next((r for r in range(8, 0, -1) if 1 - (1 - threshold**r) ** (self.NUM_PERM // r) >= 0.999), 1)
+            self.lsh = MinHashLSH(num_perm=self.NUM_PERM, params=(self.NUM_PERM // rows, rows))
+
+    def add_existing(self, rows: Iterable[Mapping]) -> None:
+        """Register rows already in the synthetic set (e.g. on resume) so candidates dedup against them."""
+        for row in rows:
+            norms = self._norms(row)
+            self._register(norms, self._shingle_sets(norms), int(row["label"]))
+
+    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]:
+        kept, drops = [], Counter()
+        for row in rows:
+            norms, label = self._norms(row), int(row["label"])
+            seen = self.labels_by_key.get("\x1f".join(norms))
+            if seen is not None:
+                drops["duplicate" if seen == label else "label_conflict"] += 1
+                continue
+            shingles = self._shingle_sets(norms)
+            if self._near_duplicate(shingles):
+                drops["near_duplicate"] += 1
+                continue
+            self._register(norms, shingles, label)
+            kept.append(row)
+        return kept, drops
+
+    def _norms(self, row: Mapping) -> list[str]:
+        return [normalize(str(row.get(f) or "")) for f in self.fields]
+
+    def _shingle_sets(self, norms: list[str]) -> list[frozenset[int]]:
+        sets = []
+        for norm in norms:
+            words = word_hashes(norm)
+            size = max(1, min(self.cfg.shingle_size, len(words)))
+            sets.append(frozenset(gram_hashes(words, size).tolist()))
+        return sets
+
+    def _minhash(self, shingles: frozenset[int]) -> MinHash:
+        m = MinHash(num_perm=self.NUM_PERM, seed=20231013)
+        m.update_batch([s.to_bytes(8, "little") for s in sorted(shingles)])
+        return m
+
+    def _near_duplicate(self, shingles: list[frozenset[int]]) -> bool:
+        if self.lsh is None or not all(shingles):
+            return False
+        threshold = self.cfg.near_dup_threshold
+        candidates = self.lsh.query(self._minhash(shingles[-1]))
+        return any(
+            all(len(a & b) >= threshold * len(a | b) for a, b in zip(shingles, self.shingles[i])) for i in candidates
+        )
+
+    def _register(self, norms: list[str], shingles: list[frozenset[int]], label: int) -> None:
+        self.labels_by_key.setdefault("\x1f".join(norms), label)
+        if self.lsh is None or not all(shingles):
+            return
+        self.shingles.append(shingles)
+        self.lsh.insert(len(self.shingles) - 1, self._minhash(shingles[-1]))
+
+
+class Cleaner(FilterChain):
+    """The text checks: quality rules -> leak guard -> dedup against the synthetic set so far."""
+
+    def __init__(
+        self,
+        cfg: CleaningConfig,
+        fields: Sequence[str],
+        label_names: Sequence[str],
+        protected_texts: Iterable[str | Mapping[str, str]],
+        meta_phrases: Iterable[str] = (),
+    ) -> None:
+        self.rules = QualityRules(cfg, fields, label_names, meta_phrases)
+        self.leak_guard = LeakGuard(cfg, fields, protected_texts)
+        self.dedup = Deduplicator(cfg, fields)
+        super().__init__([self.rules, self.leak_guard, self.dedup])
+
+    def filter(self, candidates: Sequence[dict]) -> tuple[list[dict], Counter[str]]:
+        """Kept rows (unchanged dicts, now part of the existing set) and drop counts by reason."""
+        return self(list(candidates))
+
+
+# ---- embedding and LLM checks ---------------------------------------------------------------------------
+
+
+class SourceSimilarity(FlagFilter):
+    """An extrapolated row must be like the real example it came from (cosine of sentence embeddings).
+
+    A small LLM asked for "a new sentence like this one" often drifts to a generic one; such a row does not
+    sample the region of the real distribution where the small model failed, which is the point of
+    extrapolation. Rows without a source (seed rows) pass.
+    """
+
+    reason = "off_source"
+
+    def __init__(self, embedder: Any, task: Task, min_similarity: float):
+        self.embedder, self.task, self.min_similarity = embedder, task, min_similarity
+
+    def keep(self, rows: Sequence[dict]) -> list[bool]:
+        pairs = [(i, self.task.text_of(r), r[REFERENCE]) for i, r in enumerate(rows) if r.get(REFERENCE)]
+        ok = [True] * len(rows)
+        if pairs:
+            new = self.embedder.embed([text for _, text, _ in pairs])
+            old = self.embedder.embed([ref for _, _, ref in pairs])
+            for (i, _, _), sim in zip(pairs, (new * old).sum(1)):
+                ok[i] = bool(sim >= self.min_similarity)
+        return ok
+
+
+class GoldLabelCheck(FlagFilter):
+    """A logistic regression on sentence embeddings of the gold validation rows, as a label check.
+
+    S3 has these rows anyway. The check drops rows it puts in another label than the one they were written
+    for, and it is used only where it can learn the task: its cross-validated accuracy on the gold rows must
+    reach ``min_accuracy`` (mean-pooled embeddings of a sentence pair say little about entailment, so on RTE
+    it stays off).
+    """
+
+    reason = "gold_disagree"
+
+    def __init__(self, embedder: Any, task: Task, gold_rows: Sequence[dict[str, Any]], seed: int,
+                 min_accuracy: float = 0.6, folds: int = 5):  # fmt: skip
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+        self.embedder, self.task = embedder, task
+        x = embedder.embed([task.text_of(r) for r in gold_rows])
+        y = [r["label"] for r in gold_rows]
+        counts = Counter(y)
+        self.model: Any = None
+        self.cv_accuracy = 0.0
+        if len(counts) < len(task.labels) or min(counts.values()) < folds:
+            log.warning("gold label check off: the gold validation set needs >= %d rows of every label", folds)
+            return
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        self.cv_accuracy = float(cross_val_score(LogisticRegression(max_iter=2000), x, y, cv=cv).mean())
+        if self.cv_accuracy >= min_accuracy:
+            self.model = LogisticRegression(max_iter=2000).fit(x, y)
+        log.info(
+            "gold label check %s: cross-validated accuracy %.3f on %d gold rows (needs %.2f)",
+            "on" if self.model is not None else "off",
+            self.cv_accuracy,
+            len(y),
+            min_accuracy,
+        )
+
+    def agree(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
+        """True where the classifier predicts the row's intended label (always True while the check is off)."""
+        if self.model is None or not rows:
+            return [True] * len(rows)
+        predicted = self.model.predict(self.embedder.embed([self.task.text_of(r) for r in rows]))
+        return [int(p) == r["label"] for p, r in zip(predicted, rows)]
+
+    def keep(self, rows: Sequence[dict]) -> list[bool]:
+        return self.agree(rows)
+
+
+class LLMLabelCheck(FlagFilter):
+    """The LLM's judgement of a row's label must agree with the label it was written for.
+
+    ``choice``: the LLM re-labels the row (constrained choice over the label names): direct zero-shot
+    classification, which a small LLM does near chance. ``channel``: the noisy-channel direction (Min et al.,
+    ACL 2022): score log P(row | "write one <label> example") for every label with the task's ZeroGen prompt,
+    and drop the row when another label explains it better by more than ``margin`` nats. ``auto``: channel
+    when the backend scores text (transformers), else choice (vLLM, servers).
+    """
+
+    reason = "label_disagree"
+
+    def __init__(self, llm: LLM, task: Task, mode: str, margin: float):
+        self.llm, self.task, self.mode, self.margin = llm, task, mode, margin
+        self.book = PromptBook(task)
+
+    def keep(self, rows: Sequence[dict]) -> list[bool]:
+        if self.mode == "choice":
+            return self._choice_check(rows)
+        scores = self.channel_scores(rows)
+        if scores is None:
+            if self.mode == "auto":  # servers and vLLM: re-label instead (fine for the large LLMs they run)
+                log.info(
+                    "label check: %s returns no log-likelihoods; using the constrained-choice check", self.llm.name
+                )
+                self.mode = "choice"
+                return self._choice_check(rows)
+            raise UserError(
+                f"loop.label_check=channel needs an LLM backend that scores text (llm=smollm2 or "
+                f"llm=transformers); {self.llm.name} returns no log-likelihoods. Use auto or choice."
+            )
+        return [
+            max(s[k] for k in range(len(s)) if k != r["label"]) - s[r["label"]] <= self.margin
+            for r, s in zip(rows, scores)
+        ]
+
+    def channel_scores(self, rows: Sequence[dict]) -> list[list[float]] | None:
+        """Per row, log P(row | the task's ZeroGen prompt for label k) for every k; None when the LLM can't score."""
+        labels = range(len(self.task.labels))
+        prompts = [self.book.messages("zerogen", **self.book.label_fields(k)) for k in labels]
+        requests = [
+            ChatRequest.from_messages(
+                prompts[k], Sampling(temperature=0.0, max_tokens=8), choices=[self.book.example(r)]
+            )
+            for r in rows
+            for k in labels
+        ]
+        flat = [a[0].logprob for a in self.llm.generate(requests, call_site="label_check")]
+        if any(x is None for x in flat):
+            return None
+        return [flat[i : i + len(labels)] for i in range(0, len(flat), len(labels))]  # type: ignore[misc]
+
+    def _choice_check(self, rows: Sequence[dict]) -> list[bool]:
+        requests = [
+            ChatRequest.from_messages(
+                self.book.messages("relabel", example=self.book.example(r)),
+                Sampling(temperature=0.0, max_tokens=8),
+                choices=self.task.labels,
+            )
+            for r in rows
+        ]
+        answers = self.llm.generate(requests, call_site="relabel")
+        return [a[0].text == self.task.labels[r["label"]] for r, a in zip(rows, answers)]
+
+
+# ---- the chain a run uses -------------------------------------------------------------------------------
+
+OTHER_DROP_REASONS = ("unparsable", "over_quota")  # counted by the synthesizer, not by a filter
+DROP_REASONS: tuple[str, ...] = (
+    *QualityRules.reasons,
+    LeakGuard.reason,
+    *Deduplicator.reasons,
+    SourceSimilarity.reason,
+    GoldLabelCheck.reason,
+    LLMLabelCheck.reason,
+    *OTHER_DROP_REASONS,
+)
+
+
+def drop_columns(drops: Mapping[str, int]) -> dict[str, int]:
+    """Every drop reason as a ``drop/<reason>`` column (0 when none), so logged tables stay aligned."""
+    unknown = set(drops) - set(DROP_REASONS)
+    if unknown:
+        raise ValueError(f"unknown drop reasons: {sorted(unknown)}")
+    return {f"drop/{r}": int(drops.get(r, 0)) for r in DROP_REASONS}
+
+
+def build_filter_chain(
+    cfg: Any,
+    task: Task,
+    protected: Iterable[str | Mapping[str, str]],
+    llm: LLM | None = None,
+    embedder: Any = None,
+    gold_check: GoldLabelCheck | None = None,
+) -> FilterChain:
+    """The loop's chain (``cfg``: a ``SyntheticLoopConfig``): the text checks, then each check it turns on."""
+    filters: list[RowFilter] = [Cleaner(cfg.cleaning, task.fields, task.labels, protected, [task.example_kind])]
+    if cfg.min_source_similarity > 0:
+        if embedder is None:
+            raise ValueError("loop.min_source_similarity > 0 needs a sentence embedder")
+        filters.append(SourceSimilarity(embedder, task, cfg.min_source_similarity))
+    if gold_check is not None:
+        filters.append(gold_check)
+    if cfg.label_check != "none":
+        if llm is None:
+            raise ValueError(f"loop.label_check={cfg.label_check} needs the LLM")
+        filters.append(LLMLabelCheck(llm, task, cfg.label_check, cfg.label_check_margin))
+    return FilterChain(filters)
