@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from s3.atomic import atomic_dir, atomic_write_jsonl
 from s3.classifier import Classifier
 from s3.data import Task
-from s3.tracking import atomic_dir, atomic_write_jsonl
 
 MODEL_DIR = "model"
 DATASET_DIR = "dataset"

@@ -46,10 +46,10 @@ from transformers import (
     get_linear_schedule_with_warmup,
 )
 
+from s3.atomic import atomic_dir
 from s3.config import UserError
 from s3.data import Task
 from s3.embed import resolve_model
-from s3.tracking import atomic_dir
 
 log = logging.getLogger(__name__)
 

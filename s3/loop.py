@@ -12,8 +12,6 @@ import functools
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from s3.artifacts import MODEL_DIR, card_facts, export_dataset, save_classifier
+from s3.atomic import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from s3.classifier import Classifier, SmallModelConfig, scores, small_model_config, train_classifier
 from s3.config import UserError
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
@@ -33,15 +32,7 @@ from s3.filters import GoldLabelCheck, build_filter_chain, drop_columns
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
 from s3.loop_config import GoldLoopConfig, SyntheticLoopConfig, loop_config
 from s3.synthesis import Synthesizer
-from s3.tracking import (
-    RunRecorder,
-    atomic_write_json,
-    atomic_write_jsonl,
-    atomic_write_text,
-    read_jsonl,
-    resolved_config,
-    start_wandb,
-)
+from s3.tracking import RunRecorder, resolved_config, start_wandb
 
 log = logging.getLogger(__name__)
 logging.getLogger("faiss").setLevel(logging.WARNING)  # MAUVE's k-means logs its CPU-feature probing at INFO
@@ -142,19 +133,13 @@ def save_round(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write ``round_<k>/`` into a scratch folder, then rename it into place: a round is all there or absent."""
-    final = rounds_dir / f"round_{k}"
-    partial = rounds_dir / f".round_{k}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    atomic_write_jsonl(partial / "train.jsonl", train_rows)
-    atomic_write_jsonl(partial / "errors.jsonl", errors)
-    atomic_write_jsonl(partial / "prompts.jsonl", [{"prompt_hash": h, "messages": m} for h, m in prompts.items()])
-    for name, obj in (extra or {}).items():
-        atomic_write_json(partial / name, obj)
-    atomic_write_json(partial / "metrics.json", metrics)
-    if final.exists():  # re-doing a round that was already complete (should not happen on resume)
-        shutil.rmtree(final)
-    os.replace(partial, final)
+    with atomic_dir(rounds_dir / f"round_{k}") as partial:
+        atomic_write_jsonl(partial / "train.jsonl", train_rows)
+        atomic_write_jsonl(partial / "errors.jsonl", errors)
+        atomic_write_jsonl(partial / "prompts.jsonl", [{"prompt_hash": h, "messages": m} for h, m in prompts.items()])
+        for name, obj in (extra or {}).items():
+            atomic_write_json(partial / name, obj)
+        atomic_write_json(partial / "metrics.json", metrics)
 
 
 def last_complete_round(rounds_dir: Path) -> int | None:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from s3.artifacts import MODEL_DIR, prediction_rows
+from s3.atomic import atomic_write_jsonl
 from s3.classifier import META_FILE, Classifier
 from s3.config import UserError
-from s3.tracking import atomic_write_jsonl
 
 FORMATS = (".jsonl", ".csv")
 

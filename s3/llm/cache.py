@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from s3.atomic import atomic_write_text
 from s3.llm.base import LLM, ChatRequest, Completion, Usage
 
 KEY_VERSION = 1
@@ -67,16 +66,7 @@ class DiskCache:
             return None
 
     def put(self, key: str, completion: Completion) -> None:
-        path = self._path(key)
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(asdict(completion), f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self._path(key), json.dumps(asdict(completion), ensure_ascii=False), fsync=False)
 
     def __len__(self) -> int:
         return sum(1 for _ in self.dir.glob("??/*.json"))
