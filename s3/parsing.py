@@ -154,7 +154,7 @@ def _unwrap_framed_quote(text: str, max_frame_words: int = 25) -> str:
     Small LLMs often put their example in quotes inside a sentence about it; then the last quoted span of four or
     more words is the example, provided the rest is short (at most ``max_frame_words`` words, so a long review that
     quotes a line is left alone) and reads like a frame (a colon before the quote or a word about the task).
-    Measured on real training text: no SST-2 or IMDb row changes (pair-task premises quote speech, so only
+    Tested on real training text: no SST-2 or IMDb row changes (pair-task premises quote speech, so only
     single-text tasks use it).
     """
     spans = [m for m in _QUOTED.finditer(text) if len(m.group(1).split()) >= 4]

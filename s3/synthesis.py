@@ -193,8 +193,8 @@ class Synthesizer:
 
         The target is ``loop.per_error`` kept rows per error, at most ``limit`` (the room an equal-budget run has
         left). ``loop.balance_labels`` splits that target evenly over the labels that have errors (see :func:`label_quotas`)
-        instead of following the errors: a small model's errors are often mostly of one label (89 of 100 rows in
-        one measured round), and a round that adds them tilts the next model to the other label.
+        instead of following the errors: a small model's errors are often mostly of one label, and a round that
+        adds them tilts the next model to the other label.
         """
         per_error, overgenerate, max_attempts = self.cfg.per_error, self.cfg.overgenerate, self.cfg.max_attempts
         if not self.cfg.balance_labels:

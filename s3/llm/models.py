@@ -2,7 +2,7 @@
 
 `embedded:<name>` names a GGUF shipped in a pip package (works offline). vLLM's
 GGUF path is slow and partial, and transformers dequantizes GGUF on every load
-(~16 s), so we convert it once into a plain HF checkpoint under
+(seconds each time), so we convert it once into a plain HF checkpoint under
 `<cache_dir>/models/<name>` that both libraries load directly. Any other spec
 (HF id or local path) is passed through unchanged.
 """
