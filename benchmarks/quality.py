@@ -41,6 +41,21 @@ def multirun(out: Path, overrides: list[str], jobs: int) -> None:
     subprocess.run(cmd, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
+EXPERIMENTS = REPO_ROOT / "conf" / "experiment"
+ABLATIONS = sorted(
+    p.stem for p in EXPERIMENTS.glob("*.yaml")
+)  # conf/experiment/<key>.yaml: which part moves the number
+
+
+def ablation(key: str, s3_args: list[str], budget: int) -> tuple[str, list[str]]:
+    """A preset's label (its comment line) and its overrides: the s3 budget split, or the whole budget at once."""
+    label = next(
+        line[2:] for line in (EXPERIMENTS / f"{key}.yaml").read_text().splitlines()[1:] if line.startswith("# ")
+    )
+    rounds = compose_config([f"+experiment={key}"]).loop.rounds
+    return label, [f"+experiment={key}", *(s3_args if rounds > 0 else [f"loop.total_budget={budget}"])]
+
+
 def mean_std(xs: list[float]) -> str:
     return f"{100 * statistics.mean(xs):5.1f} ± {100 * (statistics.stdev(xs) if len(xs) > 1 else 0.0):4.1f}"
 
@@ -89,8 +104,8 @@ def main() -> None:
         nargs="?",
         const="all",
         default="",
-        help="also run ablations: all (the default when given without a value) or a comma list of "
-        "no_rationale, zerogen_check, no_similarity, no_balance, no_gold_check",
+        help="also run ablations, the conf/experiment presets: all (the default when given without a value) or a "
+        f"comma list of {', '.join(ABLATIONS)}",
     )
     ap.add_argument("--paper-rows", type=int, default=1500, help="rows sampled from paper data and from gold")
     ap.add_argument("--write", action="store_true", help="put the report into benchmarks/RESULTS.md")
@@ -106,19 +121,7 @@ def main() -> None:
         f"loop.max_new_per_round={per_round}",
         *args.s3_extra.split(),
     ]
-    known = {  # key -> (label, overrides); which part of S3 moves the number
-        "no_rationale": ("s3 without rationales (ZeroGen seed set)", ["loop=s3_no_rationale", *s3_args]),
-        "zerogen_check": (
-            "zerogen + both label checks (LLM, gold)",
-            ["loop=zerogen", f"loop.total_budget={args.budget}", "loop.label_check=auto", "loop.gold_check=true"],
-        ),
-        "no_similarity": ("s3 without the similarity check", ["loop=s3", *s3_args, "loop.min_source_similarity=0"]),
-        "no_balance": (
-            "s3, rows follow the errors' labels (no balancing)",
-            ["loop=s3", *s3_args, "loop.balance_labels=false"],
-        ),
-        "no_gold_check": ("s3 without the gold label check", ["loop=s3", *s3_args, "loop.gold_check=false"]),
-    }
+    known = {key: ablation(key, s3_args, args.budget) for key in ABLATIONS}  # key -> (label, overrides)
     keys = list(known) if args.ablations == "all" else [k for k in args.ablations.split(",") if k]
     if unknown := set(keys) - set(known):
         ap.error(f"unknown ablations {sorted(unknown)}; known: {', '.join(known)} or all")

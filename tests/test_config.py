@@ -97,3 +97,11 @@ def test_sweep_parameters_are_config_keys(sweep):
             cfg = compose_config([f"{key}={value_str}"])
             if key not in ("task", "loop", "llm", "small_model", "logger", "gap"):  # groups select a file
                 assert OmegaConf.select(cfg, key) == value, (sweep.name, key, value)
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_presets_compose_to_valid_loops(name):
+    """Ablation presets (conf/experiment, used by benchmarks/quality.py) change the loop they name, validly."""
+    cfg = compose_config([f"+experiment={name}"])
+    loop = loop_config(cfg.loop)
+    assert loop != loop_config(compose_config([f"loop={cfg.loop.name}"]).loop) or name == "no_rationale"
