@@ -31,7 +31,9 @@ def compose_config(overrides: list[str] | None = None):
     from hydra import compose, initialize_config_dir
 
     import s3.classifier  # noqa: F401  (registers the small_model schema)
+    import s3.gap  # noqa: F401  (registers the gap schema)
     import s3.loop_config  # noqa: F401  (registers the loop schemas)
+    import s3.tracking  # noqa: F401  (registers the logger schema)
 
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides or [])

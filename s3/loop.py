@@ -29,6 +29,7 @@ from s3.classifier import Classifier, SmallModelConfig, scores, small_model_conf
 from s3.config import UserError
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
 from s3.filters import GoldLabelCheck, build_filter_chain, drop_columns
+from s3.gap import compute_gap
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
 from s3.loop_config import GoldLoopConfig, SyntheticLoopConfig, loop_config
 from s3.synthesis import Synthesizer
@@ -290,8 +291,6 @@ def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
     """A function train_rows -> gap/* and div/* columns, or None when ``gap.enabled`` is false."""
     if not cfg.gap.enabled:
         return None
-    from s3.gap import compute_gap
-
     embedder = sentence_embedder(cfg)
     real_texts = [task.text_of(r) for r in real.gold_val]
     real_labels = [r["label"] for r in real.gold_val]

@@ -10,9 +10,11 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from s3.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
@@ -128,6 +130,21 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+@dataclass
+class LoggerConfig:
+    """The ``logger`` group's schema. W&B runs offline unless ``mode`` or ``$WANDB_MODE`` says otherwise."""
+
+    enabled: bool = True
+    project: str = "s3"
+    entity: str | None = None
+    mode: str | None = None  # online | offline | disabled; None: $WANDB_MODE, else offline
+    group: str | None = None  # None: the sweep folder in a multirun, else <task>-<loop>-<llm>
+    tags: list[str] = field(default_factory=list)
+
+
+ConfigStore.instance().store(group="logger", name="schema", node=LoggerConfig)
 
 
 def start_wandb(logger_cfg: DictConfig, config: dict[str, Any], run_dir: Path, name: str, group: str) -> Any:

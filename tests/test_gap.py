@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from s3.embed import SentenceEmbedder
 from s3.gap import GapConfig, compute_gap, distinct_n, self_bleu
@@ -38,9 +36,12 @@ def sst2() -> tuple[list[str], list[int]]:
     return load("sst2", "validation", 2 * N)
 
 
-def test_config_yaml_matches_dataclass() -> None:
-    cfg = yaml.safe_load((REPO / "conf" / "gap" / "default.yaml").read_text())
-    assert cfg == asdict(GapConfig())
+def test_composed_gap_config_is_the_dataclass() -> None:
+    from s3.config import compose_config
+
+    assert GapConfig.from_cfg(compose_config().gap) == GapConfig()  # the YAML preset adds no defaults of its own
+    with pytest.raises(Exception, match="gap"):
+        compose_config(["gap.max_texts=many"])  # types are checked when the config is composed
     with pytest.raises(KeyError):
         GapConfig.from_cfg({"no_such_knob": 1})
 
