@@ -2,9 +2,9 @@
 
 The API key is read from the environment variable *named* in the config at
 client construction and lives only inside the `openai` client: never in the
-config, our repr, or our logs. Retries are ours (the client's are disabled) so
-that an unreachable server turns into one `LLMUnavailableError` within a
-bounded time instead of a stack of client tracebacks.
+config, our repr, or our logs. Retries are ours (tenacity; the client's are
+disabled) so that an unreachable server turns into one `LLMUnavailableError`
+within a bounded time instead of a stack of client tracebacks.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import openai
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from s3.llm.base import LLM, ChatRequest, Completion, LLMUnavailableError, match_choice
 
@@ -64,6 +65,31 @@ class OpenAIBackend(LLM):
             f"LLM server at {self.base_url} is unavailable: {type(why).__name__}: {why}".splitlines()[0]
         )
 
+    def _create(self, kwargs: dict, deadline: float) -> object:
+        """One chat completion; connection errors, timeouts, rate limits and 5xx are retried with exponential
+        back-off (``max_retries`` times, never past ``deadline``), then become one ``LLMUnavailableError``."""
+
+        def past_deadline(state: RetryCallState) -> bool:
+            return time.monotonic() + self.backoff_s * 2 ** (state.attempt_number - 1) > deadline
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(_RETRYABLE),
+            wait=wait_exponential(multiplier=self.backoff_s, exp_base=2, min=self.backoff_s),
+            stop=stop_after_attempt(self.max_retries + 1) | past_deadline,
+            before_sleep=lambda state: log.warning(
+                "%s: %s, retry %d/%d",
+                self.base_url,
+                type(state.outcome.exception()).__name__,
+                state.attempt_number,
+                self.max_retries,
+            ),
+            reraise=True,
+        )
+        try:
+            return retrying(self._client.chat.completions.create, **kwargs)
+        except _RETRYABLE as e:
+            raise self._unavailable(e) from None
+
     def _call(self, unit: ChatRequest, deadline: float) -> Completion:
         s = unit.sampling
         kwargs = dict(
@@ -81,10 +107,9 @@ class OpenAIBackend(LLM):
         constrained = unit.choices is not None and self.structured_choices
         if constrained:
             kwargs["extra_body"] = {"structured_outputs": {"choice": list(unit.choices)}}  # type: ignore[arg-type]
-        attempt = 0
         while True:
             try:
-                resp = self._client.chat.completions.create(**kwargs)
+                resp = self._create(kwargs, deadline)
                 break
             except openai.BadRequestError as e:
                 if not constrained:
@@ -95,15 +120,6 @@ class OpenAIBackend(LLM):
                 with self._lock:
                     self.structured_choices = constrained = False
                 kwargs.pop("extra_body")
-            except _RETRYABLE as e:
-                wait_s = self.backoff_s * 2**attempt
-                if attempt >= self.max_retries or time.monotonic() + wait_s > deadline:
-                    raise self._unavailable(e) from None
-                attempt += 1
-                log.warning(
-                    "%s: %s, retry %d/%d in %.1fs", self.base_url, type(e).__name__, attempt, self.max_retries, wait_s
-                )
-                time.sleep(wait_s)
         choice = resp.choices[0]
         text = choice.message.content or ""
         reason = choice.finish_reason or "stop"
