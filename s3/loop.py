@@ -390,8 +390,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
                 for k in ("val_acc", "val_f1", "select_acc", "select_f1", "test_acc", "test_f1", "n_train")
                 if k in final
             },
-            "n_gold_val": len(real.gold_val),
-            "n_select": len(real.select),
+            "n_gold_val": len(real.gold_val) + len(real.select),  # every gold label the run used
+            "n_select": len(real.select),  # of which held out for model selection
             "n_test": len(real.test),
             "wall_seconds": round(time.perf_counter() - start, 2),
         }

@@ -27,14 +27,15 @@ REDACTED = "***"
 
 def is_secret_key(key: str) -> bool:
     k = key.lower()
-    # `api_key_env` names an environment variable; it is not the secret itself
-    return any(m in k for m in SECRET_MARKERS) and not k.endswith("_env")
+    # `api_key_env` names an environment variable, not the secret itself; `max_tokens` and the like are counts
+    return any(m in k for m in SECRET_MARKERS) and not k.endswith(("_env", "tokens"))
 
 
 def redact(obj: Any) -> Any:
-    """A copy of a plain (resolved) config with the value of every secret-looking key replaced."""
+    """A copy of a plain (resolved) config with the value of every secret-looking key replaced (secrets are
+    strings: a number under such a key is a count or a threshold and stays)."""
     if isinstance(obj, Mapping):
-        return {k: (REDACTED if is_secret_key(str(k)) and v is not None else redact(v)) for k, v in obj.items()}
+        return {k: (REDACTED if is_secret_key(str(k)) and isinstance(v, str) else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj

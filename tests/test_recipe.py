@@ -179,4 +179,8 @@ def test_held_out_selection_rows_are_never_learned_from(s3_run, data_dir) -> Non
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     assert all(0.0 <= m["select_acc"] <= 1.0 for m in metrics)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["n_select"] == 6 and llm.returned == summary["select_acc"] == metrics[-1]["select_acc"]
+    assert (
+        summary["n_gold_val"] == 24
+        and summary["n_select"] == 6
+        and llm.returned == summary["select_acc"] == metrics[-1]["select_acc"]
+    )

@@ -34,7 +34,8 @@ def test_gold_run_beats_chance_and_writes_artifacts(tmp_path):
         assert key in rows[0]
     assert rows[0]["n_train"] == 800
     errors = read_jsonl(run_dir / "errors.jsonl")
-    assert len(errors) == rows[0]["n_errors"] == round((1 - rows[0]["val_acc"]) * 200)
+    assert summary["n_gold_val"] == 200 and summary["n_select"] == 50  # a quarter held out for model selection
+    assert len(errors) == rows[0]["n_errors"] == round((1 - rows[0]["val_acc"]) * 150)
     assert all(e["pred"] != e["label"] and e["prob_pred"] >= 0.5 and e["text"] for e in errors)
     # W&B offline run inside the run dir, with the config logged but no secret anywhere in it
     offline = list((run_dir / "wandb").glob("offline-run-*"))
@@ -45,7 +46,8 @@ def test_gold_run_beats_chance_and_writes_artifacts(tmp_path):
     assert b"sst2-gold-smollm2-s0-model" in blob  # the classifier as a model artifact
     curve = read_jsonl(run_dir / "epochs.jsonl")
     assert [c["epoch"] for c in curve] == [0, 1] and curve[-1]["steps"] == 2 * 50  # 800 rows, batches of 16
-    assert abs(max(c["val_acc"] for c in curve) - rows[0]["val_acc"]) < 1e-9
+    assert abs(max(c["val_acc"] for c in curve) - rows[0]["select_acc"]) < 1e-9  # the epoch is chosen on these
+    assert "max_tokens: 64" in (run_dir / "config.yaml").read_text()  # a count, not a secret: not redacted
     assert (run_dir / "model" / "model.safetensors").is_file() and (run_dir / "model" / "head.safetensors").is_file()
     for path in [run_dir / "config.yaml", *offline[0].rglob("*")]:
         if path.is_file():
