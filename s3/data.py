@@ -239,6 +239,12 @@ class RealData:
     test: list[dict[str, Any]]
     train: list[dict[str, Any]] | None = None  # only loaded for the gold baseline / GoldGen
     select: list[dict[str, Any]] = field(default_factory=list)  # empty: gold_val also selects (the paper)
+    test_split: list[dict[str, Any]] = field(default_factory=list)  # the whole test split when ``test`` is capped
+
+    @property
+    def protected(self) -> list[dict[str, Any]]:
+        """Every real evaluation row a synthetic row must not copy: gold (both parts) and the whole test split."""
+        return self.gold_val + self.select + (self.test_split or self.test)
 
     @property
     def selection(self) -> list[dict[str, Any]]:
@@ -267,9 +273,15 @@ def load_real_data(
     select = stratified_sample(gold, n_select, seed) if n_select else []
     held_out = {id(r) for r in select}
     gold_val = [r for r in gold if id(r) not in held_out]
-    test = load_split(task, "test", data_dir)
+    test = test_split = load_split(task, "test", data_dir)
     if max_test is not None and max_test < len(test):
         # fixed seed, not the run seed: every method and seed is scored on the same test rows
         test = stratified_sample(test, max_test, TEST_CAP_SEED)
     train = load_split(task, "train", data_dir) if need_train else None
-    return RealData(gold_val=gold_val, test=test, train=train, select=select)
+    return RealData(
+        gold_val=gold_val,
+        test=test,
+        train=train,
+        select=select,
+        test_split=test_split if test is not test_split else [],
+    )

@@ -37,7 +37,8 @@ class CleaningConfig:
     min_words: int = 3
     max_words: int = 400  # per field; for pairs applied to each field
     near_dup_threshold: float = 0.8  # Jaccard of word-shingle sets; >= -> near duplicate (> 1: off)
-    leak_threshold: float = 0.5  # share of a candidate's word n-grams found in one protected text; > -> leak
+    leak_threshold: float = 0.5  # n-grams shared with one protected text, as a share of the candidate's or
+    # of the protected text's (whichever is smaller); > -> leak
     leak_ngram: int = 5  # words per n-gram of the leak guard
     forbid_label_words: bool = False  # drop examples that state their own label outright
     shingle_size: int = 3  # words per shingle for near-duplicate Jaccard
@@ -166,9 +167,11 @@ class _NgramIndex:
         first = np.ones(len(grams), dtype=bool)
         first[1:] = (grams[1:] != grams[:-1]) | (doc[1:] != doc[:-1])
         self.hashes, self.ids = grams[first], doc[first]
+        self.sizes = np.bincount(self.ids, minlength=len(word_arrays))  # distinct n-grams per protected text
 
     def max_share(self, words: np.ndarray) -> float:
-        """Largest share of the text's distinct n-grams that occur in a single protected text."""
+        """Largest overlap with a single protected text, as a share of the text's distinct n-grams or of the
+        protected text's (a gold row pasted inside a longer answer is a leak too)."""
         grams = np.unique(gram_hashes(words, self.n))
         if len(grams) == 0 or len(self.hashes) == 0:
             return 0.0
@@ -178,11 +181,13 @@ class _NgramIndex:
             return 0.0
         hi = np.searchsorted(self.hashes, grams[hit], "right")
         ids = np.concatenate([self.ids[a:b] for a, b in zip(lo[hit], hi)])
-        return float(np.unique(ids, return_counts=True)[1].max()) / len(grams)
+        docs, shared = np.unique(ids, return_counts=True)
+        return float(np.max(shared / np.minimum(len(grams), self.sizes[docs])))
 
 
 class LeakGuard(FlagFilter):
-    """Drops copies and near-copies of protected texts (gold validation and test rows).
+    """Drops copies and near-copies of protected texts (gold validation and test rows): a row whose word n-grams
+    are mostly those of one protected text, or that contains most of one (pasted inside chatter).
 
     Pair tasks: only the last field (RTE hypothesis, QNLI sentence) is compared. RTE reuses premises across
     train/validation/test in the real data, so a shared premise is not a leak; a copied pair always copies its
@@ -226,6 +231,7 @@ class Deduplicator(RowFilter):
         self.shingles: list[list[frozenset[int]]] = []
         threshold = cfg.near_dup_threshold
         self.lsh: MinHashLSH | None = None
+        self.permutations = MinHash(num_perm=self.NUM_PERM, seed=20231013, scheme="affine32").permutations  # once
         if threshold <= 1.0:
             rows = next((r for r in range(8, 0, -1) if 1 - (1 - threshold**r) ** (self.NUM_PERM // r) >= 0.999), 1)
             self.lsh = MinHashLSH(num_perm=self.NUM_PERM, params=(self.NUM_PERM // rows, rows))
@@ -264,8 +270,9 @@ class Deduplicator(RowFilter):
         return sets
 
     def _minhash(self, shingles: frozenset[int]) -> MinHash:
-        m = MinHash(num_perm=self.NUM_PERM, seed=20231013)
-        m.update_batch([s.to_bytes(8, "little") for s in sorted(shingles)])
+        # the shingles are already 64-bit word n-gram hashes: MinHash takes their low 32 bits as they are
+        m = MinHash(num_perm=self.NUM_PERM, hashfunc=_low32, permutations=self.permutations, scheme="affine32")
+        m.update_batch(sorted(shingles))
         return m
 
     def _near_duplicate(self, shingles: list[frozenset[int]]) -> bool:
@@ -283,6 +290,10 @@ class Deduplicator(RowFilter):
             return
         self.shingles.append(shingles)
         self.lsh.insert(len(self.shingles) - 1, self._minhash(shingles[-1]))
+
+
+def _low32(value: int) -> int:
+    return value & 0xFFFFFFFF
 
 
 class Cleaner(FilterChain):

@@ -164,7 +164,7 @@ def run_synthetic(
 ) -> dict[str, Any]:
     rounds_dir = run_dir / "rounds"
     # Post-generation checks (s3.filters). Leak guard: synthetic copies of gold validation, held-out or test
-    # texts are dropped. The test set is used for nothing else here: no prompt ever sees it. The gold check
+    # texts (the whole test split) are dropped. The test set is used for nothing else here: no prompt sees it. The gold check
     # learns from the gold rows S3 learns from, never from the held-out ones.
     gold_check = (
         GoldLabelCheck(sentence_embedder(cfg), task, real.gold_val, cfg.seed, L.gold_check_min_accuracy)
@@ -174,7 +174,7 @@ def run_synthetic(
     filters = build_filter_chain(
         L,
         task,
-        protected=real.gold_val + real.select + real.test,
+        protected=real.protected,
         llm=llm,
         embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 else None,
         gold_check=gold_check,

@@ -384,10 +384,21 @@ def test_leak_of_sst2_gold_sentences() -> None:
 
 def test_leak_share_threshold() -> None:
     gold = " ".join(f"g{i}" for i in range(20))
-    half = " ".join([f"g{i}" for i in range(10)] + [f"n{i}" for i in range(10)])  # 3 of 13 8-grams shared
-    most = " ".join([f"g{i}" for i in range(16)] + [f"n{i}" for i in range(4)])  # 9 of 13 shared
+    half = " ".join([f"g{i}" for i in range(10)] + [f"n{i}" for i in range(10)])  # 6 of 16 5-grams shared
+    most = " ".join([f"g{i}" for i in range(16)] + [f"n{i}" for i in range(4)])  # 12 of 16 shared
     kept, drops = cleaner([gold]).filter([row(half), row(most)])
     assert drops == Counter(leak=1) and [r["text"] for r in kept] == [half]
+
+
+def test_a_gold_row_pasted_inside_a_longer_answer_is_a_leak() -> None:
+    """The leak guard measures overlap against the gold text's n-grams too: a short gold row quoted inside long
+    chatter shares few of the answer's n-grams, but all of its own."""
+    gold = "the film is a gorgeous and witty portrait of three sisters growing up in a small town"  # 17 words
+    chatter = " ".join(f"w{i}" for i in range(40))
+    pasted = f"{chatter} {gold} {chatter}"  # 13 of its 93 5-grams are the gold row's: every one of the gold's
+    echo = f"{chatter} a gorgeous and witty portrait of {chatter}"  # 2 of the gold's 13 5-grams: not a copy
+    kept, drops = cleaner([gold]).filter([row(pasted), row(echo)])
+    assert drops == Counter(leak=1) and [r["text"] for r in kept] == [echo]
 
 
 @needs_data
@@ -434,9 +445,10 @@ def test_paper_rte_synthetic_premises_do_not_count_as_leaks() -> None:
     assert len(shared) >= 18  # README: 18 premises of this file also occur in the test set
     kept, drops = cleaner(gold, fields=("text1", "text2")).filter(shared)
     # one hypothesis of this file is LLM talk ('Based on the given description, the sentence "…" is correct.'),
-    # and two are a gold test hypothesis with one phrase changed ("NTSB" -> "The Federal Aviation
-    # Administration", "It seems unlikely" -> "It is highly probable"): leaks by their hypothesis, not the premise
-    assert drops["leak"] <= 2 and drops["boilerplate"] <= 1 and len(kept) >= len(shared) - 3
+    # and three are a gold test hypothesis with one phrase changed ("NTSB" -> "The Federal Aviation
+    # Administration", "It seems unlikely" -> "It is highly probable", "Hoover" -> "Hoover's director"):
+    # leaks by their hypothesis, not by the shared premise
+    assert drops["leak"] <= 3 and drops["boilerplate"] <= 1 and len(kept) >= len(shared) - 4
 
 
 # ---------------------------------------------------------------------------------------------- paper data

@@ -59,6 +59,14 @@ def test_gold_val_is_stratified_and_seeded(data_dir):
     assert [r["id"] for r in a.test] == [r["id"] for r in c.test] and len(a.test) == 300
 
 
+def test_the_leak_guard_protects_the_whole_test_split_when_scoring_is_capped(data_dir):
+    t = task("sst2")
+    capped, whole = load_real_data(t, data_dir, 200, 300, seed=0), load_real_data(t, data_dir, 200, None, seed=0)
+    assert len(capped.test) == 300 and len(whole.test) == 1821
+    assert {r["id"] for r in whole.test} <= {r["id"] for r in capped.protected}
+    assert len(whole.protected) == 200 + 1821
+
+
 def test_selection_rows_are_a_stratified_held_out_slice_of_the_gold_set(data_dir):
     t = task("sst2")
     whole = load_real_data(t, data_dir, 200, 300, seed=0)
