@@ -143,6 +143,37 @@ def save_round(
         atomic_write_json(partial / "metrics.json", metrics)
 
 
+RESUME_KEYS = ("task", "loop", "small_model", "llm", "seed")  # what a run's results depend on
+
+
+def refuse_another_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """A run dir that already holds results is resumed only with the config that made them."""
+    old_path = run_dir / "config.yaml"
+    if not old_path.is_file() or not ((run_dir / "rounds").is_dir() or (run_dir / "metrics.jsonl").is_file()):
+        return
+    old = OmegaConf.to_container(OmegaConf.load(old_path))
+    before = flatten({k: old.get(k) for k in RESUME_KEYS})  # type: ignore[union-attr]
+    after = flatten({k: config.get(k) for k in RESUME_KEYS})
+    changed = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(before.keys() | after.keys())
+               if before.get(k) != after.get(k)]  # fmt: skip
+    if changed:
+        more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
+        raise UserError(
+            f"{run_dir} holds a run made with another config ({'; '.join(changed[:3])}{more}); "
+            "resume it with the same overrides, or start a new run in a new hydra.run.dir"
+        )
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"loop": {"rounds": 2}}`` -> ``{"loop.rounds": 2}``."""
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}."))
+    return out
+
+
 def last_complete_round(rounds_dir: Path) -> int | None:
     done = [int(p.name.split("_")[1]) for p in rounds_dir.glob("round_*") if (p / "metrics.json").is_file()]
     return max(done) if done else None
@@ -342,6 +373,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
     loop = loop_config(cfg.loop)  # values out of range: one line, before anything is written or loaded
     small: SmallModelConfig = small_model_config(cfg.small_model)
     config = resolved_config(cfg)
+    refuse_another_config(run_dir, config)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
 
     task: Task = instantiate(cfg.task)

@@ -17,7 +17,7 @@ import pytest
 
 import s3.loop
 from conftest import read_jsonl
-from s3.config import compose_config
+from s3.config import UserError, compose_config
 from s3.filters import GoldLabelCheck
 from s3.llm import LLM, ChatRequest, Completion
 from s3.loop import run_experiment
@@ -184,3 +184,16 @@ def test_held_out_selection_rows_are_never_learned_from(s3_run, data_dir) -> Non
         and summary["n_select"] == 6
         and llm.returned == summary["select_acc"] == metrics[-1]["select_acc"]
     )
+
+
+def test_a_run_dir_is_resumed_only_with_its_own_config(tmp_path, data_dir) -> None:
+    base = [*TINY, "loop=goldgen", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'c'}"]
+    run_dir = tmp_path / "run"
+    run_experiment(compose_config(base), run_dir=run_dir, llm=ScriptedSentimentLLM())
+    saved = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(UserError, match=r"another config \(loop.seed_size: 16 -> 20\)"):
+        run_experiment(compose_config([*base, "loop.seed_size=20"]), run_dir=run_dir, llm=ScriptedSentimentLLM())
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == saved  # nothing overwritten
+    llm = ScriptedSentimentLLM()
+    run_experiment(compose_config(base), run_dir=run_dir, llm=llm)  # the same config resumes: round 0 is done
+    assert not llm.prompts
