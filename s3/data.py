@@ -11,7 +11,7 @@ import csv
 import json
 import random
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,22 +98,21 @@ def _make_row(record: Mapping[str, Any], task: Task, where: str, default_id: str
     row: dict[str, Any] = {}
     for f, column in _column_map(task).items():
         if column not in record:
-            raise DataError(f"{where}: missing column {column!r} (have {sorted(record)})")
+            raise DataError(f"{where}: missing column {column!r} (have {sorted(map(str, record))})")
         value = record[column]
         if not isinstance(value, str) or not value.strip():
             raise DataError(f"{where}: column {column!r} must be a non-empty string, got {value!r}")
         row[f] = value.strip()
     if task.label_column not in record:
-        raise DataError(f"{where}: missing label column {task.label_column!r} (have {sorted(record)})")
+        raise DataError(f"{where}: missing label column {task.label_column!r} (have {sorted(map(str, record))})")
     row["label"] = _parse_label(record[task.label_column], task, where)
     row["id"] = str(record.get("id", default_id))
     return row
 
 
-def _read_jsonl(path: Path, task: Task, split: str) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+def _read_jsonl(path: Path, task: Task, split: str) -> Iterator[tuple[dict[str, Any], str]]:
+    with path.open("rb") as fh:
+        for lineno, line in enumerate(_lines(fh, path), start=1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -123,22 +122,57 @@ def _read_jsonl(path: Path, task: Task, split: str) -> list[dict[str, Any]]:
                 raise DataError(f"{where}: not valid JSON ({err.msg})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            rows.append(_make_row(record, task, where, f"{split}-{lineno - 1}"))
-    return rows
+            yield _make_row(record, task, where, f"{split}-{lineno - 1}"), where
 
 
-def _read_csv(path: Path, task: Task, split: str) -> list[dict[str, Any]]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
+def _lines(fh: Any, path: Path) -> Iterator[str]:
+    """The lines of a file opened in binary mode, decoded one by one: bytes that are not UTF-8 are one error
+    naming their line (a text-mode file decodes in chunks and cannot say which line)."""
+    for lineno, raw in enumerate(fh, start=1):
+        try:
+            yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}:{lineno}: not UTF-8 text ({err.reason}); save the file as UTF-8") from None
+
+
+CSV_FIELD_LIMIT = 16 * 2**20  # characters per field (the csv module's default is 128 KiB)
+
+
+def _read_csv(path: Path, task: Task, split: str) -> Iterator[tuple[dict[str, Any], str]]:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    with path.open("rb") as fh:
+        reader = csv.DictReader(_lines(fh, path))
         # line numbers count the header as line 1, as an editor shows them
-        return [_make_row(record, task, f"{path}:{reader.line_num}", f"{split}-{i}") for i, record in enumerate(reader)]
+        i = 0
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise DataError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
+            where = f"{path}:{reader.line_num}"
+            yield _make_row(record, task, where, f"{split}-{i}"), where
+            i += 1
 
 
-def _read_parquet(path: Path, task: Task, split: str) -> list[dict[str, Any]]:
+def _read_parquet(path: Path, task: Task, split: str) -> Iterator[tuple[dict[str, Any], str]]:
     import pyarrow.parquet as pq
 
-    records = pq.read_table(path).to_pylist()
-    return [_make_row(r, task, f"{path}:row {i}", f"{split}-{i}") for i, r in enumerate(records)]
+    for i, r in enumerate(pq.read_table(path).to_pylist()):
+        yield _make_row(r, task, f"{path}:row {i}", f"{split}-{i}"), f"{path}:row {i}"
+
+
+def _unique_ids(rows_at: Iterable[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
+    """Rows in order; an id seen twice is an error naming both places (provenance points at rows by id)."""
+    seen: dict[str, str] = {}
+    rows = []
+    for row, where in rows_at:
+        if row["id"] in seen:
+            raise DataError(f"{where}: id {row['id']!r} is used twice (first at {seen[row['id']]})")
+        seen[row["id"]] = where
+        rows.append(row)
+    return rows
 
 
 _READERS = {"jsonl": _read_jsonl, "csv": _read_csv, "parquet": _read_parquet}
@@ -171,7 +205,7 @@ def load_split(task: Task, split: str, data_dir: str | Path) -> list[dict[str, A
         raise DataError(f"unknown split {split!r}; expected one of {SPLITS}")
     path = local_split_path(task, split, data_dir)
     if path is not None:
-        rows = _READERS[path.suffix.lstrip(".")](path, task, split)
+        rows = _unique_ids(_READERS[path.suffix.lstrip(".")](path, task, split))
     else:
         looked = Path(data_dir) / task.name / f"{split}.{{{','.join(FORMATS)}}}"
         if task.hub is None:
@@ -263,7 +297,12 @@ def load_real_data(
 ) -> RealData:
     """Gold validation = a label-stratified, seeded sample of the validation split, of which a stratified
     ``selection_fraction`` is held out for model selection; test capped by ``max_test``."""
-    gold = stratified_sample(load_split(task, "validation", data_dir), num_gold_val, seed)
+    validation = load_split(task, "validation", data_dir)
+    if num_gold_val is not None and num_gold_val > len(validation):
+        raise UserError(
+            f"loop.num_gold_val={num_gold_val} but the {task.name} validation split has {len(validation)} rows"
+        )
+    gold = stratified_sample(validation, num_gold_val, seed)
     n_select = round(selection_fraction * len(gold))
     if selection_fraction > 0 and not 0 < n_select < len(gold):
         raise UserError(

@@ -136,3 +136,41 @@ def test_missing_data_without_hub_access(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match=r"looked for .*sst2/validation.* and the Hub dataset 'nyu-mll/glue' failed"):
         load_split(task("sst2"), "validation", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("validation.csv", b"text,label\ngood film,1\nbad\xff\xfe film,0\n", r"validation\.csv:3: not UTF-8 text"),
+        (
+            "validation.jsonl",
+            b'{"text": "a", "label": 0}\n{"text": "\xff", "label": 1}\n',
+            r"validation\.jsonl:2: not UTF-8",
+        ),
+        ("validation.csv", b"sentence,score\nfine,1,extra\n", r"validation\.csv:2: missing column 'text'"),
+        (
+            "validation.jsonl",
+            b'{"text": "a", "label": 0, "id": "x"}\n{"text": "b", "label": 1, "id": "x"}\n',
+            r"validation\.jsonl:2: id 'x' is used twice \(first at .*validation\.jsonl:1\)",
+        ),
+    ],
+    ids=["csv-not-utf8", "jsonl-not-utf8", "csv-no-label-column-extra-field", "duplicate-id"],
+)
+def test_malformed_files_are_one_line_naming_file_and_line(tmp_path, name, content, message):
+    (tmp_path / "sst2").mkdir()
+    (tmp_path / "sst2" / name).write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        load_split(task("sst2"), "validation", tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_huge_csv_field_is_read(tmp_path):
+    big = "word " * 200_000  # 1 MB, past the csv module's default field limit
+    d = write(tmp_path, "validation.csv", f'text,label\n"{big}",1\nshort one,0\n')
+    rows = load_split(task("sst2"), "validation", d)
+    assert len(rows) == 2 and len(rows[0]["text"]) > 900_000
+
+
+def test_asking_for_more_gold_rows_than_the_split_has_is_an_error(data_dir):
+    with pytest.raises(UserError, match="num_gold_val=5000 but the sst2 validation split has 872 rows"):
+        load_real_data(task("sst2"), data_dir, 5000, 300, seed=0)
