@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import s3.config  # noqa: F401  (registers the config resolvers)
+from s3.config import refuse_secret_overrides  # (also registers the config resolvers)
 from s3.loop import UserError, run_experiment
 
 
@@ -20,4 +20,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    try:
+        refuse_secret_overrides(sys.argv[1:])  # before Hydra writes them anywhere
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()

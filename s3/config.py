@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -24,6 +25,31 @@ def default_data_dir() -> str:
 
 if not OmegaConf.has_resolver("s3_default_data_dir"):
     OmegaConf.register_new_resolver("s3_default_data_dir", default_data_dir)
+
+
+SECRET_MARKERS = ("key", "token", "secret", "password")
+URL_CREDENTIALS = re.compile(r"(://)[^/@\s:]+:[^/@\s]+@")
+
+
+def is_secret_key(key: str) -> bool:
+    k = key.lower()
+    # `api_key_env` names an environment variable, not the secret itself; `max_tokens` and the like are counts
+    return any(m in k for m in SECRET_MARKERS) and not k.endswith(("_env", "tokens"))
+
+
+def refuse_secret_overrides(overrides: list[str]) -> None:
+    """Secrets given as command-line overrides end up in shell history and in every file Hydra writes
+    (``.hydra/``, ``multirun.yaml``); refuse them, pointing to the environment-variable way."""
+    for arg in overrides:
+        key, sep, value = arg.partition("=")
+        name = key.rsplit(".", 1)[-1].lstrip("+~")
+        numeric = value.replace(".", "", 1).lstrip("-").isdigit()
+        if sep and ((is_secret_key(name) and value and not numeric) or URL_CREDENTIALS.search(value)):
+            raise UserError(
+                f"{key}=... looks like a secret on the command line; it would be written to .hydra/ and shell "
+                "history. Put it in an environment variable instead (llm=openai reads the one named by "
+                "llm.api_key_env; W&B reads WANDB_API_KEY; the Hub reads HF_TOKEN)"
+            )
 
 
 def compose_config(overrides: list[str] | None = None):

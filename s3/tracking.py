@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,36 +17,23 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from s3.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
+from s3.config import URL_CREDENTIALS, is_secret_key
 
 log = logging.getLogger(__name__)
 
-SECRET_MARKERS = ("key", "token", "secret", "password")
 REDACTED = "***"
-
-
-def is_secret_key(key: str) -> bool:
-    k = key.lower()
-    # `api_key_env` names an environment variable, not the secret itself; `max_tokens` and the like are counts
-    return any(m in k for m in SECRET_MARKERS) and not k.endswith(("_env", "tokens"))
 
 
 def redact(obj: Any) -> Any:
     """A copy of a plain (resolved) config with the value of every secret-looking key replaced (secrets are
-    strings: a number under such a key is a count or a threshold and stays)."""
+    strings: a number under such a key is a count or a threshold and stays), and credentials in URLs hidden."""
     if isinstance(obj, Mapping):
         return {k: (REDACTED if is_secret_key(str(k)) and isinstance(v, str) else redact(v)) for k, v in obj.items()}
     if isinstance(obj, list):
         return [redact(v) for v in obj]
+    if isinstance(obj, str):
+        return URL_CREDENTIALS.sub(rf"\1{REDACTED}@", obj)
     return obj
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """Command-line overrides with secret values hidden (W&B records the program's arguments)."""
-    out = []
-    for arg in argv:
-        key, sep, _ = arg.partition("=")
-        out.append(f"{key}={REDACTED}" if sep and is_secret_key(key.rsplit(".", 1)[-1].lstrip("+~")) else arg)
-    return out
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -157,21 +143,17 @@ def start_wandb(logger_cfg: DictConfig, config: dict[str, Any], run_dir: Path, n
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ["WANDB_DIR"] = str(run_dir)  # offline runs land in <run_dir>/wandb/
-    argv, sys.argv = sys.argv, [sys.argv[0], *redact_argv(sys.argv[1:])]
-    try:
-        run = wandb.init(
-            project=logger_cfg.project,
-            entity=logger_cfg.get("entity"),
-            group=logger_cfg.get("group") or group,
-            name=name,
-            job_type=config.get("loop", {}).get("name"),
-            tags=list(logger_cfg.get("tags") or []),
-            config=config,
-            dir=str(run_dir),
-            reinit="finish_previous",
-        )
-    finally:
-        sys.argv = argv
+    run = wandb.init(
+        project=logger_cfg.project,
+        entity=logger_cfg.get("entity"),
+        group=logger_cfg.get("group") or group,
+        name=name,
+        job_type=config.get("loop", {}).get("name"),
+        tags=list(logger_cfg.get("tags") or []),
+        config=config,
+        dir=str(run_dir),
+        reinit="finish_previous",
+    )
     run.define_metric("round")
     run.define_metric("*", step_metric="round")
     return run

@@ -105,3 +105,19 @@ def test_experiment_presets_compose_to_valid_loops(name):
     cfg = compose_config([f"+experiment={name}"])
     loop = loop_config(cfg.loop)
     assert loop != loop_config(compose_config([f"loop={cfg.loop.name}"]).loop) or name == "no_rationale"
+
+
+def test_saved_config_hides_secrets_and_url_credentials_but_not_counts():
+    from s3.tracking import resolved_config
+
+    cfg = compose_config(["+secrets.api_key=sk-SECRET", "llm=openai", "llm.base_url=http://me:pw@host:8000/v1"])
+    saved = resolved_config(cfg)
+    assert saved["secrets"]["api_key"] == "***" and saved["llm"]["base_url"] == "http://***@host:8000/v1"
+    assert saved["loop"]["sampling"]["max_tokens"] == 64 and saved["loop"]["rationale_max_tokens"] == 160
+
+
+@pytest.mark.parametrize("override", ["loop.sampling.max_tokens=64", "llm.api_key_env=MY_KEY", "+note=token-free"])
+def test_ordinary_overrides_are_not_taken_for_secrets(override):
+    from s3.config import refuse_secret_overrides
+
+    refuse_secret_overrides([override])
