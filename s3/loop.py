@@ -233,7 +233,9 @@ def run_synthetic(
             **metrics,
             **drop_columns(batch.drops),
             **llm_columns(used),
+            "prompt_truncated": synth.book.truncated,  # real rows cut to loop.max_example_chars in this round
         }
+        synth.book.truncated = 0
         if gold_check is not None:  # the check is on when this reaches loop.gold_check_min_accuracy
             metrics["gold_check_cv_acc"] = round(gold_check.cv_accuracy, 4)
         if gap is not None:

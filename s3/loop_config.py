@@ -67,6 +67,8 @@ class SyntheticLoopConfig(LoopConfig):
     seed_size: int = 200  # round-0 examples, balanced across labels
     rationale_samples: int = 6  # LLM answers per rationale prompt (their items are pooled)
     rationale_max_tokens: int = 160  # room for a list of items
+    max_example_chars: int | None = 2000  # real rows shown in prompts (errors, demonstrations) are cut to this;
+    # metrics count the cuts (prompt_truncated). None = whole rows
     # error extrapolation
     rounds: int = 2  # extrapolation rounds after round 0 (the paper published two)
     per_error: int = 3  # new examples written from each misclassified validation example
@@ -101,6 +103,7 @@ class SyntheticLoopConfig(LoopConfig):
             "rationale_samples",
             "rationale_max_tokens",
             "max_attempts",
+            "max_example_chars",
             "max_new_per_round",
             "total_budget",
         ):

@@ -37,7 +37,9 @@ def prompt_hash(messages: list[dict[str, str]]) -> str:
 class PromptBook:
     """The task's templates plus the task-level fields they share."""
 
-    def __init__(self, task: Task):
+    def __init__(self, task: Task, max_example_chars: int | None = None):
+        self.max_example_chars = max_example_chars  # real rows shown in prompts are cut to this many characters
+        self.truncated = 0  # how many shown fields were cut
         missing = [name for name in TEMPLATES if name not in task.prompts]
         if missing:
             raise UserError(f"task {task.name!r}: prompt templates missing: {missing} (see conf/prompts/)")
@@ -58,10 +60,18 @@ class PromptBook:
         return {"label": name, "label_description": self.task.label_descriptions.get(name, f"its label is {name}")}
 
     def example(self, row: Mapping[str, Any]) -> str:
-        """A row as shown inside a prompt: the text itself, or labelled lines for pairs."""
+        """A row as shown inside a prompt: the text itself, or labelled lines for pairs; each field cut at a word
+        boundary to ``max_example_chars`` (a long review would fill the LLM's context and pad its whole batch)."""
         if not self.task.is_pair:
-            return str(row["text"])
-        return "\n".join(f"{self.task.field_labels[f]}: {row[f]}" for f in self.task.fields)
+            return self._cut(str(row["text"]))
+        return "\n".join(f"{self.task.field_labels[f]}: {self._cut(str(row[f]))}" for f in self.task.fields)
+
+    def _cut(self, text: str) -> str:
+        limit = self.max_example_chars
+        if limit is None or len(text) <= limit:
+            return text
+        self.truncated += 1
+        return text[:limit].rsplit(" ", 1)[0] + " …"
 
     def render(self, template: str, **fields: Any) -> str:
         try:

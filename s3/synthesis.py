@@ -79,7 +79,7 @@ class Synthesizer:
     def __init__(self, llm: LLM, task: Task, filters: FilterChain, cfg: SyntheticLoopConfig, seed: int):
         self.llm, self.task, self.filters, self.cfg = llm, task, filters, cfg
         self.sampling = cfg.sampling
-        self.book = PromptBook(task)
+        self.book = PromptBook(task, cfg.max_example_chars)
         self.seed = seed
 
     # ---- rationales ---------------------------------------------------------------------------------

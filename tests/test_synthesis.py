@@ -335,3 +335,13 @@ def test_each_filter_counts_its_own_drops_and_later_filters_see_only_survivors()
     assert [r["text"] for r in kept] == ["mora pela tasy brax dulo"]
     assert drops == {"boilerplate": 1, "leak": 1, "duplicate": 1, "gold_disagree": 1}
     assert set(chain.reasons) >= set(drops)
+
+
+def test_long_real_rows_are_cut_in_prompts_and_counted() -> None:
+    llm = ScriptedLLM()
+    long_error = {"id": "val-long", "text": "word " * 2_000 + "END", "label": 1}  # 10,000 characters
+    synth = synthesizer(llm, per_error=1, max_example_chars=500)
+    synth.extrapolate([long_error, *ERRORS[:3]], round_=1, limit=4)
+    prompt = next(u.messages[-1].content for u in llm.seen if "word word" in u.messages[-1].content)
+    assert len(prompt) < 1_000 and "END" not in prompt and "word …" in prompt
+    assert synth.book.truncated >= 1 and not any(e["text"] in prompt for e in ERRORS[:3])
