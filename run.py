@@ -3,6 +3,8 @@
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from s3.config import refuse_secret_overrides  # (also registers the config resolvers)
@@ -16,6 +18,8 @@ def main(cfg: DictConfig) -> float:
         return run_experiment(cfg)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # this job fails; the sweep's other jobs still run
         sys.exit(2)
 
 

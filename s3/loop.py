@@ -403,6 +403,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
             name=f"{task.name}-{cfg.loop.name}-{llm_choice}-s{cfg.seed}",
         )
     recorder = RunRecorder(run_dir, wandb_run)
+    failed = False
     try:
         if isinstance(loop, GoldLoopConfig):
             final = run_gold(cfg, loop, task, small, real, run_dir, recorder)
@@ -434,8 +435,13 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
             recorder.log_model(run_dir / MODEL_DIR, "model")
         log.info("done: val_acc=%.4f test_acc=%.4f (%s)", summary["val_acc"], summary["test_acc"], run_dir)
         return float(summary.get("select_acc", summary["val_acc"]))  # what sweepers maximise: the held-out rows
+    except BaseException as err:
+        failed = True
+        if not isinstance(err, UserError):
+            log.exception("run failed (%s)", run_dir)  # into run.log, not only the console
+        raise
     finally:
         if llm is not None and own_llm:
             llm.close()
         if wandb_run is not None:
-            wandb_run.finish()
+            wandb_run.finish(exit_code=1 if failed else None)  # a failed run is marked failed in W&B

@@ -126,7 +126,8 @@ class LoggerConfig:
     enabled: bool = True
     project: str = "s3"
     entity: str | None = None
-    mode: str | None = None  # online | offline | disabled; None: $WANDB_MODE, else offline
+    mode: str | None = None  # online | offline | disabled; None: $WANDB_MODE, else online under a sweep
+    # agent, offline otherwise
     group: str | None = None  # None: the sweep folder in a multirun, else <task>-<loop>-<llm>
     tags: list[str] = field(default_factory=list)
 
@@ -135,12 +136,13 @@ ConfigStore.instance().store(group="logger", name="schema", node=LoggerConfig)
 
 
 def start_wandb(logger_cfg: DictConfig, config: dict[str, Any], run_dir: Path, name: str, group: str) -> Any:
-    """One W&B run per Hydra job, offline unless the user chose a mode; files inside the run dir."""
+    """One W&B run per Hydra job, offline unless the user chose a mode or a W&B sweep agent started the job (its
+    runs must reach the server, or the sweep learns nothing); files inside the run dir."""
     import wandb
 
     if logger_cfg.get("mode"):
         os.environ["WANDB_MODE"] = logger_cfg.mode
-    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_SWEEP_ID") else "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ["WANDB_DIR"] = str(run_dir)  # offline runs land in <run_dir>/wandb/
     run = wandb.init(

@@ -138,3 +138,24 @@ def test_secrets_on_the_command_line_are_refused_before_anything_is_written(tmp_
     assert "environment variable" in proc.stderr and "Traceback" not in proc.stderr
     assert "THIS-IS-SECRET" not in proc.stderr + proc.stdout and "pw@" not in proc.stderr + proc.stdout
     assert not run_dir.exists()  # Hydra never started: no .hydra/ with the secret in it
+
+
+@pytest.mark.slow
+def test_a_bad_job_fails_alone_in_a_multirun(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(
+        [
+            "-m",
+            "loop=gold",
+            "loop.num_gold_val=5000,20",  # the first job asks for more gold rows than the split has
+            "loop.gold_train_size=60",
+            "loop.max_test=50",
+            "small_model.max_epochs=1",
+            "logger=none",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
+    assert "error: loop.num_gold_val=5000" in proc.stderr
+    summaries = [json.loads(p.read_text()) for p in sweep.rglob("summary.json")]
+    assert len(summaries) == 1 and summaries[0]["n_gold_val"] == 20  # the second job still ran
+    assert proc.returncode != 0  # and the sweep as a whole reports the failure
