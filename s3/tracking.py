@@ -135,14 +135,17 @@ class LoggerConfig:
 ConfigStore.instance().store(group="logger", name="schema", node=LoggerConfig)
 
 
+def wandb_mode(configured: str | None) -> str:
+    """``logger.mode``, else ``$WANDB_MODE``, else online under a W&B sweep agent (its runs must reach the server,
+    or the sweep learns nothing), else offline."""
+    return configured or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_SWEEP_ID") else "offline")
+
+
 def start_wandb(logger_cfg: DictConfig, config: dict[str, Any], run_dir: Path, name: str, group: str) -> Any:
-    """One W&B run per Hydra job, offline unless the user chose a mode or a W&B sweep agent started the job (its
-    runs must reach the server, or the sweep learns nothing); files inside the run dir."""
+    """One W&B run per Hydra job (mode: ``wandb_mode``); files inside the run dir."""
     import wandb
 
-    if logger_cfg.get("mode"):
-        os.environ["WANDB_MODE"] = logger_cfg.mode
-    os.environ.setdefault("WANDB_MODE", "online" if os.environ.get("WANDB_SWEEP_ID") else "offline")
+    os.environ["WANDB_MODE"] = wandb_mode(logger_cfg.get("mode"))
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ["WANDB_DIR"] = str(run_dir)  # offline runs land in <run_dir>/wandb/
     run = wandb.init(

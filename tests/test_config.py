@@ -121,3 +121,15 @@ def test_ordinary_overrides_are_not_taken_for_secrets(override):
     from s3.config import refuse_secret_overrides
 
     refuse_secret_overrides([override])
+
+
+def test_wandb_runs_offline_unless_told_or_started_by_a_sweep_agent(monkeypatch):
+    from s3.tracking import wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    assert wandb_mode(None) == "offline"
+    monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")  # what `wandb agent` sets for the runs it starts
+    assert wandb_mode(None) == "online" and wandb_mode("offline") == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode(None) == "disabled"
