@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -348,11 +349,48 @@ def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
     return measure
 
 
-def wandb_group(cfg: DictConfig, task: Task, llm_choice: str) -> str:
-    """Jobs of one multirun share a group (the sweep folder's name); a single run groups by its choices."""
+def run_variant() -> str:
+    """What sets this run apart from the other runs of its sweep besides task, loop and seed (which every run
+    name carries): its swept overrides, e.g. ``loop.per_error=2``. Empty for a run started by hand."""
+    if not HydraConfig.initialized():
+        return ""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        sweep_file = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+        swept = swept_keys(OmegaConf.load(sweep_file).hydra.overrides.task) if sweep_file.is_file() else None
+    elif os.environ.get("WANDB_SWEEP_ID"):
+        swept = None  # a W&B agent passes only the sweep's parameters
+    else:
+        return ""
+    return variant_of(list(hydra_cfg.overrides.task), swept)
+
+
+def swept_keys(overrides: Sequence[str]) -> set[str]:
+    """The keys a multirun sweeps over (``a=1,2``, ``range(...)``, ...), as Hydra parses them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {
+        o.get_key_element() for o in OverridesParser.create().parse_overrides(list(overrides)) if o.is_sweep_override()
+    }
+
+
+def variant_of(overrides: Sequence[str], swept: set[str] | None) -> str:
+    """``overrides`` minus task, loop and seed, and minus those not swept (when ``swept`` is known)."""
+    keep = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if key.lstrip("+~") in ("task", "loop", "seed") or (swept is not None and key not in swept):
+            continue
+        keep.append(override.lstrip("+"))
+    return ",".join(sorted(keep))
+
+
+def wandb_group(cfg: DictConfig, task: Task, llm_choice: str, variant: str) -> str:
+    """The seeds of one configuration share a group (W&B charts average a group), inside their sweep's."""
+    group = f"{task.name}-{cfg.loop.name}-{llm_choice}" + (f"[{variant}]" if variant else "")
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return f"sweep-{Path(HydraConfig.get().sweep.dir).name}"
-    return f"{task.name}-{cfg.loop.name}-{llm_choice}"
+        return f"sweep-{Path(HydraConfig.get().sweep.dir).name}/{group}"
+    return group
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM | None = None) -> float:
@@ -393,14 +431,15 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
     )
 
     llm_choice = choices.get("llm") or (llm.name if llm is not None else "none")
+    variant = run_variant()
     wandb_run = None
     if cfg.logger.enabled:
         wandb_run = start_wandb(
             cfg.logger,
             config,
             run_dir,
-            group=wandb_group(cfg, task, llm_choice),
-            name=f"{task.name}-{cfg.loop.name}-{llm_choice}-s{cfg.seed}",
+            group=wandb_group(cfg, task, llm_choice, variant),
+            name=f"{task.name}-{cfg.loop.name}-{llm_choice}-s{cfg.seed}" + (f"[{variant}]" if variant else ""),
         )
     recorder = RunRecorder(run_dir, wandb_run)
     failed = False
@@ -418,6 +457,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
             "task": task.name,
             "loop": cfg.loop.name,
             "seed": cfg.seed,
+            "variant": variant,
             "small_model": small.name,
             "llm": {"name": llm_choice, **llm_totals},
             **{

@@ -88,7 +88,7 @@ def load_run(run_dir: Path) -> Run:
     return Run(
         path=run_dir,
         task=str(summary.get("task", "?")),
-        method=str(summary.get("loop", "?")),
+        method=str(summary.get("loop", "?")) + (f" [{summary['variant']}]" if summary.get("variant") else ""),
         seed=int(seed) if seed is not None else None,
         summary=summary,
         rows=rows,

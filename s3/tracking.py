@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ class RunRecorder:
         if self.wandb_run is not None:
             import wandb
 
-            artifact = wandb.Artifact(f"{self.wandb_run.name}-{name}".replace("/", "_"), type="model")
+            artifact = wandb.Artifact(artifact_name(f"{self.wandb_run.name}-{name}"), type="model")
             artifact.add_dir(str(folder))
             self.wandb_run.log_artifact(artifact)
 
@@ -98,7 +99,7 @@ class RunRecorder:
         if self.wandb_run is not None:
             import wandb
 
-            artifact = wandb.Artifact(f"{self.wandb_run.name}-{name}".replace("/", "_"), type="synthetic-data")
+            artifact = wandb.Artifact(artifact_name(f"{self.wandb_run.name}-{name}"), type="synthetic-data")
             artifact.add_file(str(path))
             self.wandb_run.log_artifact(artifact)
 
@@ -133,6 +134,11 @@ class LoggerConfig:
 
 
 ConfigStore.instance().store(group="logger", name="schema", node=LoggerConfig)
+
+
+def artifact_name(text: str) -> str:
+    """W&B artifact names allow letters, digits, dashes, underscores and dots."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
 def wandb_mode(configured: str | None) -> str:

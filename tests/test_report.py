@@ -151,3 +151,27 @@ def test_cli_no_runs(tmp_path: Path) -> None:
         [sys.executable, "-m", "s3.report", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 1 and "no run dirs" in proc.stderr
+
+
+def test_runs_of_one_sweep_are_told_apart_by_what_was_swept():
+    from s3.loop import swept_keys, variant_of
+
+    swept = swept_keys(["task=sst2", "loop=s3,zerogen", "loop.per_error=1,2", "seed=0,1", "loop.max_test=300"])
+    assert swept == {"loop", "loop.per_error", "seed"}
+    job = ["task=sst2", "loop=s3", "loop.per_error=2", "seed=1", "loop.max_test=300"]
+    assert variant_of(job, swept) == "loop.per_error=2"  # task, loop and seed are in every name already
+    assert variant_of(["loop=s3", "+experiment=no_balance", "seed=0"], None) == "experiment=no_balance"  # agent
+    assert variant_of(job, {"seed"}) == ""
+
+
+def test_report_keeps_variants_of_a_method_apart(tmp_path):
+    for variant, seed, acc in (("loop.per_error=1", 0, 0.7), ("loop.per_error=2", 0, 0.8), ("loop.per_error=2", 1, 0.9)):
+        d = tmp_path / f"{variant}-{seed}"
+        d.mkdir()
+        (d / "summary.json").write_text(
+            json.dumps({"task": "sst2", "loop": "s3", "seed": seed, "variant": variant, "test_acc": acc})
+        )
+        (d / "metrics.jsonl").write_text(json.dumps({"round": 0, "test_acc": acc}) + "\n")
+    table = {row["method"]: row for row in summary_table(load_runs([tmp_path]))}
+    assert set(table) == {"s3 [loop.per_error=1]", "s3 [loop.per_error=2]"}
+    assert table["s3 [loop.per_error=2]"]["n_runs"] == 2
