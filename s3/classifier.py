@@ -39,6 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 from transformers import (
+    AutoConfig,
     AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -426,6 +427,21 @@ def init_head_from_probe(model: MeanPooledClassifier, dataset: EncodedDataset, t
     with torch.no_grad():
         model.classifier.weight.copy_(torch.from_numpy(weight))
         model.classifier.bias.copy_(torch.from_numpy(bias))
+
+
+def check_small_model(cfg: SmallModelConfig) -> None:
+    """Pre-flight: the small model's config and tokenizer load (from disk, the Hub cache or the Hub), so a missing
+    checkpoint is one line before the LLM has written anything, not a traceback after round 0."""
+    try:
+        path = resolve_model(cfg.model)
+        AutoConfig.from_pretrained(path)
+        AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, ModuleNotFoundError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"small_model={cfg.name}: cannot load {cfg.model!r} ({reason[:200]}); it needs the Hugging Face Hub or "
+            "a local copy (small_model.model=/path/to/checkpoint), or use small_model=minilm, which ships offline"
+        ) from None
 
 
 def resolve_pooling(cfg: SmallModelConfig) -> str:

@@ -26,7 +26,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from s3.artifacts import MODEL_DIR, card_facts, export_dataset, save_classifier
 from s3.atomic import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from s3.classifier import Classifier, SmallModelConfig, scores, small_model_config, train_classifier
+from s3.classifier import (
+    Classifier,
+    SmallModelConfig,
+    check_small_model,
+    scores,
+    small_model_config,
+    train_classifier,
+)
 from s3.config import UserError
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
 from s3.filters import GoldLabelCheck, build_filter_chain, drop_columns
@@ -349,6 +356,24 @@ def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
     return measure
 
 
+def load_llm(cfg: DictConfig) -> LLM:
+    """The configured LLM backend; weights it cannot find or a library it lacks are one line naming the model."""
+    try:
+        return build_llm(cfg.llm, cfg.paths.cache_dir)
+    except Exception as err:  # Hydra wraps the backend's error: look at what it wraps
+        cause: BaseException = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        if not isinstance(cause, (OSError, ImportError, ValueError)):
+            raise
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+        raise UserError(
+            f"llm: cannot load {cfg.llm.get('model', cfg.llm.get('_target_'))!r} ({type(cause).__name__}: {reason}); "
+            "Hub models need the Hub (gated ones a licence and HF_TOKEN) or a local path in llm.model; "
+            "llm=smollm2 ships offline"
+        ) from None
+
+
 def run_variant() -> str:
     """What sets this run apart from the other runs of its sweep besides task, loop and seed (which every run
     name carries): its swept overrides, e.g. ``loop.per_error=2``. Empty for a run started by hand."""
@@ -412,6 +437,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
     own_llm = llm is None
     loop = loop_config(cfg.loop)  # values out of range: one line, before anything is written or loaded
     small: SmallModelConfig = small_model_config(cfg.small_model)
+    check_small_model(small)  # a missing checkpoint: one line now, not after round 0's LLM work
     config = resolved_config(cfg)
     refuse_another_config(run_dir, config)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
@@ -448,7 +474,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
             final = run_gold(cfg, loop, task, small, real, run_dir, recorder)
             llm_totals: dict[str, Any] = {}
         else:
-            llm = llm or build_llm(cfg.llm, cfg.paths.cache_dir)
+            llm = llm or load_llm(cfg)
             final = run_synthetic(cfg, loop, task, small, real, run_dir, recorder, llm, gap_measure(cfg, task, real))
             llm_totals = {
                 k: (round(v, 2) if isinstance(v, float) else v) for k, v in usage_totals(llm.usage()).as_dict().items()

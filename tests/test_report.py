@@ -165,7 +165,11 @@ def test_runs_of_one_sweep_are_told_apart_by_what_was_swept():
 
 
 def test_report_keeps_variants_of_a_method_apart(tmp_path):
-    for variant, seed, acc in (("loop.per_error=1", 0, 0.7), ("loop.per_error=2", 0, 0.8), ("loop.per_error=2", 1, 0.9)):
+    for variant, seed, acc in (
+        ("loop.per_error=1", 0, 0.7),
+        ("loop.per_error=2", 0, 0.8),
+        ("loop.per_error=2", 1, 0.9),
+    ):
         d = tmp_path / f"{variant}-{seed}"
         d.mkdir()
         (d / "summary.json").write_text(

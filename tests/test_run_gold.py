@@ -159,3 +159,23 @@ def test_a_bad_job_fails_alone_in_a_multirun(tmp_path):
     summaries = [json.loads(p.read_text()) for p in sweep.rglob("summary.json")]
     assert len(summaries) == 1 and summaries[0]["n_gold_val"] == 20  # the second job still ran
     assert proc.returncode != 0  # and the sweep as a whole reports the failure
+
+
+@pytest.mark.parametrize(
+    "overrides, names",
+    [
+        (["small_model=distilbert"], "small_model=distilbert: cannot load 'distilbert-base-uncased'"),
+        (["llm=transformers", "llm.model=no-such-org/no-such-llm"], "llm: cannot load 'no-such-org/no-such-llm'"),
+    ],
+    ids=["small-model-not-here", "llm-not-here"],
+)
+def test_missing_models_are_one_line_before_any_llm_work(tmp_path, overrides, names):
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        ["loop=s3", "logger=none", f"hydra.run.dir={run_dir}", *overrides],
+        env={"HF_HUB_OFFLINE": "1", "S3_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {names}"), last
+    assert not (run_dir / "rounds").exists() and not (tmp_path / "cache" / "llm").exists()  # no LLM answer made
