@@ -35,6 +35,7 @@ from s3.classifier import (
     train_classifier,
 )
 from s3.config import UserError
+from s3.console import quiet_libraries
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
 from s3.filters import GoldLabelCheck, build_filter_chain, drop_columns
 from s3.gap import compute_gap
@@ -44,7 +45,6 @@ from s3.synthesis import Synthesizer
 from s3.tracking import RunRecorder, resolved_config, start_wandb
 
 log = logging.getLogger(__name__)
-logging.getLogger("faiss").setLevel(logging.WARNING)  # MAUVE's k-means logs its CPU-feature probing at INFO
 
 __all__ = ["UserError", "run_experiment", "evaluate"]
 
@@ -253,12 +253,11 @@ def run_synthetic(
         recorder.log_round(metrics)
         recorder.log_artifact(rounds_dir / f"round_{k}" / "train.jsonl", f"synthetic-{k}")
         log.info(
-            "round %d: +%d rows (n_train=%d), val_acc=%.4f test_acc=%.4f, %d errors",
+            "round %d: +%d rows (n_train=%d), %s, %d errors",
             k,
             len(batch.rows),
             len(train_rows),
-            metrics["val_acc"],
-            metrics["test_acc"],
+            accuracies(metrics),
             len(errors),
         )
         return metrics, errors
@@ -302,6 +301,10 @@ def run_synthetic(
         metrics, errors = finish_round(k, train_rows, batch, before, started)
     export_dataset(train_rows, task, run_dir, card_facts(cfg, metrics))
     return metrics
+
+
+def accuracies(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in ("val_acc", "select_acc", "test_acc") if k in metrics)
 
 
 def with_ids(rows: Sequence[dict[str, Any]], round_: int, start: int) -> list[dict[str, Any]]:
@@ -426,6 +429,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
     (the caller then closes it).
     """
     start = time.perf_counter()
+    quiet_libraries(bool(cfg.get("verbose", False)))
     hydra_run = HydraConfig.initialized()
     if run_dir is None:
         if not hydra_run:
@@ -499,7 +503,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
         recorder.write_summary(summary)
         if small.save:
             recorder.log_model(run_dir / MODEL_DIR, "model")
-        log.info("done: val_acc=%.4f test_acc=%.4f (%s)", summary["val_acc"], summary["test_acc"], run_dir)
+        log.info("done: %s (%s)", accuracies(summary), run_dir)
         return float(summary.get("select_acc", summary["val_acc"]))  # what sweepers maximise: the held-out rows
     except BaseException as err:
         failed = True

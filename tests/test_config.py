@@ -133,3 +133,16 @@ def test_wandb_runs_offline_unless_told_or_started_by_a_sweep_agent(monkeypatch)
     assert wandb_mode(None) == "online" and wandb_mode("offline") == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode(None) == "disabled"
+
+
+def test_third_party_chatter_is_muted_unless_verbose():
+    import logging
+
+    from s3.console import quiet_libraries
+
+    logging.getLogger("pytorch_lightning").setLevel(logging.INFO)
+    quiet_libraries(verbose=True)
+    assert logging.getLogger("pytorch_lightning").level == logging.INFO
+    quiet_libraries()
+    assert logging.getLogger("pytorch_lightning").getEffectiveLevel() == logging.WARNING
+    assert compose_config().verbose is False
