@@ -10,7 +10,10 @@ validation/train texts are re-embedded every round of every run otherwise.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +22,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from s3.llm.models import EMBEDDED_PREFIX, package_dir
+
+log = logging.getLogger(__name__)
 
 EMBEDDED_MINILM = "embedded:minilm"
 
@@ -34,6 +39,29 @@ def resolve_model(model: str) -> str:
 
 def text_key(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def open_cache(path: Path) -> sqlite3.Connection:
+    """The on-disk embedding cache; a corrupt file (a killed writer, a full disk) is reported with its path,
+    moved aside and rebuilt: embeddings are cheap to recompute, a crash in round 2 is not."""
+    for attempt in range(2):
+        db = sqlite3.connect(path, timeout=60)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
+            db.execute("SELECT count(*) FROM emb").fetchone()
+            db.commit()
+            return db
+        except sqlite3.DatabaseError as err:
+            db.close()
+            if attempt:
+                raise
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            log.warning("embedding cache %s is unreadable (%s); moved to %s and rebuilt", path, err, aside.name)
+            for suffix in ("", "-wal", "-shm"):
+                if Path(f"{path}{suffix}").exists():
+                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    raise AssertionError("unreachable")  # the second attempt returns or raises
 
 
 class SentenceEmbedder:
@@ -62,11 +90,14 @@ class SentenceEmbedder:
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             tag = text_key(f"{model}|{max_length}")[:16]
-            self._db = sqlite3.connect(Path(cache_dir) / f"embed-{tag}.sqlite", timeout=60)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("CREATE TABLE IF NOT EXISTS emb (key TEXT PRIMARY KEY, vec BLOB NOT NULL)")
-            self._db.commit()
+            self._db = open_cache(Path(cache_dir) / f"embed-{tag}.sqlite")
         self.n_computed = 0  # texts actually run through the model (cache misses); lets tests/benchmarks see hits
+
+    def close(self) -> None:
+        """Close the disk cache (its write-ahead log is folded into the file)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def _load(self) -> None:
         path = resolve_model(self.model_name)

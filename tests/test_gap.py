@@ -128,3 +128,17 @@ def test_embedding_cache(tmp_path: Path) -> None:
     assert np.array_equal(v2, v1[::-1]) and e.n_computed == 2  # in-memory hit
     fresh = SentenceEmbedder(cache_dir=str(tmp_path))  # e.g. another run of the sweep
     assert np.array_equal(fresh.embed(texts), v1) and fresh.n_computed == 0 and fresh._model is None
+
+
+def test_a_corrupt_embedding_cache_is_moved_aside_and_rebuilt(tmp_path: Path, caplog) -> None:
+    texts = ["the first sentence .", "another one"]
+    first = SentenceEmbedder(cache_dir=str(tmp_path))
+    v1 = first.embed(texts)
+    first.close()  # as when its run ended
+    (db,) = tmp_path.glob("embed-*.sqlite")
+    db.write_bytes(b"this is not a database" * 100)  # a truncated or overwritten cache file
+    with caplog.at_level("WARNING"):
+        e = SentenceEmbedder(cache_dir=str(tmp_path))
+    assert str(db) in caplog.text and "rebuilt" in caplog.text
+    assert np.allclose(e.embed(texts), v1, atol=1e-6) and e.n_computed == 2  # recomputed, not crashed
+    assert list(tmp_path.glob("embed-*.sqlite.corrupt-*"))  # the bad file is kept for a look, not deleted
