@@ -422,7 +422,8 @@ def wandb_group(cfg: DictConfig, task: Task, llm_choice: str, variant: str) -> s
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM | None = None) -> float:
-    """Build everything from the composed config, run the chosen loop, write the summary; return val acc.
+    """Build everything from the composed config, run the chosen loop, write the summary; return select_acc
+    (val_acc when no gold rows are held out).
 
     Under ``run.py`` the run dir is Hydra's; from a notebook or a test, pass a composed config
     (``s3.config.compose_config``) and a ``run_dir``, and optionally an ``llm`` to use instead of ``cfg.llm``
