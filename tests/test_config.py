@@ -116,6 +116,18 @@ def test_saved_config_hides_secrets_and_url_credentials_but_not_counts():
     assert saved["loop"]["sampling"]["max_tokens"] == 64 and saved["loop"]["rationale_max_tokens"] == 160
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["+logger.api_key=sk-SECRET", "+secrets.hf_token=hf_SECRET", "llm.base_url=http://me:pw@host:8000/v1"],
+)
+def test_secret_overrides_are_refused(override):
+    from s3.config import refuse_secret_overrides
+
+    with pytest.raises(UserError, match="environment variable") as err:
+        refuse_secret_overrides(["loop=gold", override])
+    assert "SECRET" not in str(err.value) and "pw@" not in str(err.value)
+
+
 @pytest.mark.parametrize("override", ["loop.sampling.max_tokens=64", "llm.api_key_env=MY_KEY", "+note=token-free"])
 def test_ordinary_overrides_are_not_taken_for_secrets(override):
     from s3.config import refuse_secret_overrides
