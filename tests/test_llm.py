@@ -411,3 +411,16 @@ class TestOpenAIServer:
         assert usage_diff(llm.usage(), before)["seed"].backend_calls == 0
         for text in (repr(llm), OmegaConf.to_yaml(client_cfg), caplog.text):  # type: ignore[arg-type]
             assert FAKE_KEY not in text
+
+
+def test_a_failed_batch_stops_its_other_requests_retrying(caplog: pytest.LogCaptureFixture) -> None:
+    from s3.llm.openai_backend import OpenAIBackend
+
+    llm = OpenAIBackend(
+        model="m", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=3, backoff_s=0.3, total_timeout_s=30
+    )
+    with caplog.at_level(logging.WARNING), pytest.raises(LLMUnavailableError):
+        llm.generate([review("positive")] * 16)
+    after_failure = len(caplog.records)
+    time.sleep(1.5)  # longer than any back-off left: a request still retrying would log again
+    assert len(caplog.records) == after_failure

@@ -65,9 +65,10 @@ class OpenAIBackend(LLM):
             f"LLM server at {self.base_url} is unavailable: {type(why).__name__}: {why}".splitlines()[0]
         )
 
-    def _create(self, kwargs: dict, deadline: float) -> object:
+    def _create(self, kwargs: dict, deadline: float, stop: threading.Event) -> object:
         """One chat completion; connection errors, timeouts, rate limits and 5xx are retried with exponential
-        back-off (``max_retries`` times, never past ``deadline``), then become one ``LLMUnavailableError``."""
+        back-off (``max_retries`` times, never past ``deadline``, never after ``stop``: another request of the
+        batch has failed), then become one ``LLMUnavailableError``."""
 
         def past_deadline(state: RetryCallState) -> bool:
             return time.monotonic() + self.backoff_s * 2 ** (state.attempt_number - 1) > deadline
@@ -75,13 +76,17 @@ class OpenAIBackend(LLM):
         retrying = Retrying(
             retry=retry_if_exception_type(_RETRYABLE),
             wait=wait_exponential(multiplier=self.backoff_s, exp_base=2, min=self.backoff_s),
-            stop=stop_after_attempt(self.max_retries + 1) | past_deadline,
-            before_sleep=lambda state: log.warning(
-                "%s: %s, retry %d/%d",
-                self.base_url,
-                type(state.outcome.exception()).__name__,
-                state.attempt_number,
-                self.max_retries,
+            stop=stop_after_attempt(self.max_retries + 1) | past_deadline | (lambda _: stop.is_set()),
+            sleep=stop.wait,  # a back-off wakes up as soon as the batch has failed
+            before_sleep=lambda state: (
+                stop.is_set()
+                or log.warning(
+                    "%s: %s, retry %d/%d",
+                    self.base_url,
+                    type(state.outcome.exception()).__name__,
+                    state.attempt_number,
+                    self.max_retries,
+                )
             ),
             reraise=True,
         )
@@ -90,7 +95,7 @@ class OpenAIBackend(LLM):
         except _RETRYABLE as e:
             raise self._unavailable(e) from None
 
-    def _call(self, unit: ChatRequest, deadline: float) -> Completion:
+    def _call(self, unit: ChatRequest, deadline: float, stop: threading.Event) -> Completion:
         s = unit.sampling
         kwargs = dict(
             model=self.model,
@@ -109,7 +114,7 @@ class OpenAIBackend(LLM):
             kwargs["extra_body"] = {"structured_outputs": {"choice": list(unit.choices)}}  # type: ignore[arg-type]
         while True:
             try:
-                resp = self._create(kwargs, deadline)
+                resp = self._create(kwargs, deadline, stop)
                 break
             except openai.BadRequestError as e:
                 if not constrained:
@@ -134,9 +139,10 @@ class OpenAIBackend(LLM):
 
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         deadline = time.monotonic() + self.total_timeout_s
+        stop = threading.Event()  # set when the batch is over: requests still retrying give up quietly
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(units))))
         try:
-            futures = [pool.submit(self._call, u, deadline) for u in units]
+            futures = [pool.submit(self._call, u, deadline, stop) for u in units]
             done, pending = wait(futures, timeout=self.total_timeout_s, return_when=FIRST_EXCEPTION)
             for f in done:
                 if (e := f.exception()) is not None:
@@ -147,4 +153,5 @@ class OpenAIBackend(LLM):
                 )
             return [f.result() for f in futures]
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)  # running requests stop retrying (stop is set)
