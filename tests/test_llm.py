@@ -414,13 +414,28 @@ class TestOpenAIServer:
 
 
 def test_a_failed_batch_stops_its_other_requests_retrying(caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    import httpx
+    import openai
+
     from s3.llm.openai_backend import OpenAIBackend
 
-    llm = OpenAIBackend(
-        model="m", base_url=f"http://127.0.0.1:{free_port()}/v1", max_retries=3, backoff_s=0.3, total_timeout_s=30
-    )
-    with caplog.at_level(logging.WARNING), pytest.raises(LLMUnavailableError):
-        llm.generate([review("positive")] * 16)
+    llm = OpenAIBackend(model="m", base_url="http://127.0.0.1:9/v1", max_retries=5, backoff_s=0.2, total_timeout_s=30)
+    calls = iter(range(10_000))
+    lock = threading.Lock()
+
+    def create(**kwargs):
+        with lock:
+            first = next(calls) == 0
+        if first:
+            raise RuntimeError("a request that fails for good")  # not retryable: the batch fails at once
+        raise openai.APIConnectionError(request=httpx.Request("POST", "http://127.0.0.1:9/v1"))
+
+    llm._client.chat.completions.create = create
+    with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError):
+        llm.generate([review("positive")] * 4)
+    time.sleep(0.1)  # a retry notice already on its way when the batch failed may still land
     after_failure = len(caplog.records)
-    time.sleep(1.5)  # longer than any back-off left: a request still retrying would log again
+    time.sleep(1.5)  # the other requests' back-offs (0.2, 0.4, 0.8 s ...) would log retries meanwhile
     assert len(caplog.records) == after_failure
