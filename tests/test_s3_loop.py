@@ -144,7 +144,15 @@ def test_pair_task_runs_one_round(tmp_path, cache_dir):
     run_dir = tmp_path / "rte"
     overrides = [o for o in TINY if o != "logger=none"]  # this one also logs to W&B (offline)
     proc = run_cli(
-        ["task=rte", *overrides, "loop.rounds=1", "loop.sampling.max_tokens=96", f"hydra.run.dir={run_dir}"],
+        [
+            "task=rte",
+            *overrides,
+            "loop.rounds=1",
+            "loop.seed_size=12",  # pairs are the slowest rows to write and to label-check: a smaller budget
+            "loop.max_new_per_round=6",
+            "loop.sampling.max_tokens=96",
+            f"hydra.run.dir={run_dir}",
+        ],
         env={"S3_CACHE_DIR": str(cache_dir)},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
