@@ -42,7 +42,7 @@ from s3.gap import compute_gap
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
 from s3.loop_config import GoldLoopConfig, SyntheticLoopConfig, loop_config
 from s3.synthesis import Synthesizer
-from s3.tracking import RunRecorder, resolved_config, start_wandb
+from s3.tracking import RunRecorder, flatten, resolved_config, start_wandb
 
 log = logging.getLogger(__name__)
 
@@ -170,16 +170,6 @@ def refuse_another_config(run_dir: Path, config: dict[str, Any]) -> None:
             f"{run_dir} holds a run made with another config ({'; '.join(changed[:3])}{more}); "
             "resume it with the same overrides, or start a new run in a new hydra.run.dir"
         )
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"loop": {"rounds": 2}}`` -> ``{"loop.rounds": 2}``."""
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}{k}."))
-    return out
 
 
 def last_complete_round(rounds_dir: Path) -> int | None:

@@ -106,15 +106,16 @@ class RunRecorder:
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         atomic_write_json(self.run_dir / "summary.json", summary)
         if self.wandb_run is not None:
-            for k, v in _flatten(summary).items():
+            for k, v in flatten(summary, sep="/").items():
                 self.wandb_run.summary[k] = v
 
 
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """``{"loop": {"rounds": 2}}`` -> ``{"loop.rounds": 2}`` (W&B summary keys use ``/``)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}/"))
+            out.update(flatten(v, sep, f"{prefix}{k}{sep}"))
         else:
             out[f"{prefix}{k}"] = v
     return out
