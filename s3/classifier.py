@@ -66,6 +66,7 @@ class SmallModelConfig:
     model: str
     pooling: str = "auto"  # auto: mean for sentence-transformers checkpoints, else the model's own [CLS] head
     max_length: int = 256  # batches are padded to their longest row, so short-text tasks do not pay for it
+    doc_stride: int = 64  # extractive QA: tokens shared by consecutive windows of a passage longer than max_length
     batch_size: int = 16
     eval_batch_size: int = 128
     lr: float = 1e-4
@@ -360,28 +361,33 @@ class ClassifierModule(pl.LightningModule):
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def configure_optimizers(self) -> Any:
-        no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-        head_lr = self.cfg.head_lr if self.cfg.head_lr is not None else self.cfg.lr
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = defaultdict(list)
-        for name, param in self.model.named_parameters():
-            is_head = name.startswith("classifier.") or ".classifier." in name or ".pre_classifier." in name
-            groups[(is_head, name.endswith(no_decay))].append(param)
-        params = [
-            {
-                "params": p,
-                "lr": head_lr if is_head else self.cfg.lr,
-                "weight_decay": 0.0 if exempt else self.cfg.weight_decay,
-            }
-            for (is_head, exempt), p in groups.items()
-        ]
-        optimizer = torch.optim.AdamW(params, lr=self.cfg.lr)
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.cfg.warmup_ratio * total), total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_and_schedule(
+            self.model, self.cfg, self.trainer, head_prefixes=("classifier.", "pre_classifier.")
+        )
 
     def restore_best(self) -> None:
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
+
+
+def optimizer_and_schedule(
+    model: nn.Module, cfg: SmallModelConfig, trainer: pl.Trainer, head_prefixes: Sequence[str]
+) -> Any:
+    """AdamW (no decay on biases and norms; the head at ``head_lr``) with linear warm-up and decay, per step."""
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = defaultdict(list)
+    for name, param in model.named_parameters():
+        is_head = any(name.startswith(p) or f".{p}" in name for p in head_prefixes)
+        groups[(is_head, name.endswith(no_decay))].append(param)
+    params = [
+        {"params": p, "lr": head_lr if is_head else cfg.lr, "weight_decay": 0.0 if exempt else cfg.weight_decay}
+        for (is_head, exempt), p in groups.items()
+    ]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    total = int(trainer.estimated_stepping_batches)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 def scores(probs: np.ndarray, rows: Sequence[dict[str, Any]]) -> dict[str, float]:

@@ -73,6 +73,22 @@ class Task:
         """One string per example (pairs joined), for embeddings, dedup and leak checks."""
         return " [SEP] ".join(str(row[f]) for f in self.fields)
 
+    def parse_record(self, record: Mapping[str, Any], where: str, default_id: str) -> dict[str, Any]:
+        """One row from one record of a data file (``where`` names it in errors)."""
+        return _make_row(record, self, where, default_id)
+
+    def with_columns(self, columns: Mapping[str, str]) -> Task:
+        """The same task reading other column names (a Hub dataset's)."""
+        text_columns = {f: columns.get(f, f) for f in self.fields}
+        return Task(
+            **{
+                **self.__dict__,
+                "text_columns": text_columns,
+                "label_column": columns.get("label", "label"),
+                "hub": None,
+            }
+        )
+
 
 def _column_map(task: Task) -> dict[str, str]:
     return {f: task.text_columns.get(f, f) for f in task.fields}
@@ -122,7 +138,7 @@ def _read_jsonl(path: Path, task: Task, split: str) -> Iterator[tuple[dict[str, 
                 raise DataError(f"{where}: not valid JSON ({err.msg})") from None
             if not isinstance(record, dict):
                 raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            yield _make_row(record, task, where, f"{split}-{lineno - 1}"), where
+            yield task.parse_record(record, where, f"{split}-{lineno - 1}"), where
 
 
 def _lines(fh: Any, path: Path) -> Iterator[str]:
@@ -152,7 +168,7 @@ def _read_csv(path: Path, task: Task, split: str) -> Iterator[tuple[dict[str, An
             except csv.Error as err:
                 raise DataError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
             where = f"{path}:{reader.line_num}"
-            yield _make_row(record, task, where, f"{split}-{i}"), where
+            yield task.parse_record(record, where, f"{split}-{i}"), where
             i += 1
 
 
@@ -160,7 +176,7 @@ def _read_parquet(path: Path, task: Task, split: str) -> Iterator[tuple[dict[str
     import pyarrow.parquet as pq
 
     for i, r in enumerate(pq.read_table(path).to_pylist()):
-        yield _make_row(r, task, f"{path}:row {i}", f"{split}-{i}"), f"{path}:row {i}"
+        yield task.parse_record(r, f"{path}:row {i}", f"{split}-{i}"), f"{path}:row {i}"
 
 
 def _unique_ids(rows_at: Iterable[tuple[dict[str, Any], str]]) -> list[dict[str, Any]]:
@@ -193,10 +209,8 @@ def _load_from_hub(task: Task, split: str) -> list[dict[str, Any]]:
     hub = task.hub
     assert hub is not None
     ds = datasets.load_dataset(hub.path, hub.name, split=hub.splits.get(split, split))
-    text_columns = {f: hub.columns.get(f, f) for f in task.fields}
-    label_column = hub.columns.get("label", "label")
-    hub_task = Task(**{**task.__dict__, "text_columns": text_columns, "label_column": label_column, "hub": None})
-    return [_make_row(r, hub_task, f"hub {hub.path}:{split}:{i}", f"hub-{split}-{i}") for i, r in enumerate(ds)]
+    hub_task = task.with_columns(hub.columns)
+    return [hub_task.parse_record(r, f"hub {hub.path}:{split}:{i}", f"hub-{split}-{i}") for i, r in enumerate(ds)]
 
 
 def load_split(task: Task, split: str, data_dir: str | Path) -> list[dict[str, Any]]:
@@ -237,8 +251,8 @@ def stratified_sample(rows: Sequence[dict[str, Any]], n: int | None, seed: int) 
         rng.shuffle(out)
         return out
     by_label: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        by_label[row["label"]].append(row)
+    for row in rows:  # rows without a label (question answering) are one stratum
+        by_label[row.get("label", 0)].append(row)
     labels = sorted(by_label)
     exact = {lab: n * len(by_label[lab]) / len(rows) for lab in labels}
     quota = {lab: int(exact[lab]) for lab in labels}

@@ -65,10 +65,11 @@ class Batch:
 
 @dataclass
 class Job:
-    """One prompt that should yield examples of one label, with the provenance its rows will carry."""
+    """One prompt, the fields its rows get from the prompt rather than from the answer (the label; for QA the
+    passage and answer span), and the provenance its rows will carry."""
 
     messages: list[dict[str, str]]
-    label: int
+    given: dict[str, Any]
     source: str
     reference: str | None = None  # error extrapolation: the real example its rows should be like
 
@@ -144,7 +145,9 @@ class Synthesizer:
                 }
             elif kind != "zerogen":
                 raise ValueError(f"unknown seed prompt kind {kind!r}; expected rationale, zerogen or goldgen")
-            jobs.append(Job(self.book.messages(kind if kind != "rationale" else "seed", **fields), label, kind))
+            jobs.append(
+                Job(self.book.messages(kind if kind != "rationale" else "seed", **fields), {"label": label}, kind)
+            )
         return jobs
 
     def seed_set(
@@ -249,17 +252,7 @@ class Synthesizer:
                 rng = random.Random(derive_seed(self.seed, round_, "errors", *group, attempt))
                 chosen = sorted(rng.sample(list(errors), len(errors)), key=lambda e: asked[e["id"]])[:want]
             asked.update(e["id"] for e in chosen)
-            jobs = [
-                Job(
-                    self.book.messages(
-                        "extrapolate", example=self.book.example(e), **self.book.label_fields(e["label"])
-                    ),
-                    e["label"],
-                    f"extrapolated-from-{e['id']}",
-                    self.task.text_of(e),
-                )
-                for e in chosen
-            ]
+            jobs = [self.error_job(e) for e in chosen]
             out.extend(
                 self.run_jobs(
                     jobs,
@@ -273,6 +266,18 @@ class Synthesizer:
             out.drops["over_quota"] += len(out.rows) - int(target)
             out.rows = out.rows[: int(target)]
         return out
+
+    def error_job(self, error: dict[str, Any]) -> Job:
+        """The prompt for more examples like one misclassified gold row, of its gold label."""
+        messages = self.book.messages(
+            "extrapolate", example=self.book.example(error), **self.book.label_fields(error["label"])
+        )
+        return Job(messages, {"label": error["label"]}, f"extrapolated-from-{error['id']}", self.task.text_of(error))
+
+    def parse(self, job: Job, text: str) -> dict[str, Any] | str:
+        """An answer's row fields, or the reason it is dropped."""
+        parsed = parse_examples(text, self.task.fields, self.task.field_labels, many=False)
+        return {f: parsed[0][f] for f in self.task.fields} if parsed else "unparsable"
 
     # ---- the shared path: generate -> parse -> clean -> label check ------------------------------------
     def run_jobs(self, jobs: Sequence[Job], samples: int, round_: int, call_site: str, attempt: int | str) -> Batch:
@@ -292,14 +297,14 @@ class Synthesizer:
         for job, completions in zip(jobs, self.llm.generate(requests, call_site=call_site)):
             for completion in completions:
                 out.generated += 1
-                parsed = parse_examples(completion.text, self.task.fields, self.task.field_labels, many=False)
-                if not parsed:
-                    out.drops["unparsable"] += 1
+                parsed = self.parse(job, completion.text)
+                if isinstance(parsed, str):
+                    out.drops[parsed] += 1
                     continue
                 candidates.append(
                     {
-                        **{f: parsed[0][f] for f in self.task.fields},
-                        "label": job.label,
+                        **parsed,
+                        **job.given,
                         "round": round_,
                         "source": job.source,
                         "prompt_hash": prompt_hash(job.messages),

@@ -291,7 +291,7 @@ def test_rationale_prompts_sample_their_labels_items() -> None:
     assert sum(aspects.values()) == 40 and len(aspects) == 5  # one item per prompt, every item drawn
     assert len(variations) == 4 and max(variations.values()) < 40
     assert not any("neg-aspect" in p for p in prompts)  # only the prompted label's items
-    assert all(job.label == 1 and job.source == "rationale" for job in jobs)
+    assert all(job.given == {"label": 1} and job.source == "rationale" for job in jobs)
 
 
 def test_goldgen_prompts_show_gold_rows_as_demonstrations() -> None:
