@@ -1,9 +1,10 @@
-"""Does S3 beat its baselines? SST-2, embedded LLM, equal synthetic budget, several seeds.
+"""Does S3 beat its baselines? SST-2 (or --task), embedded LLM, equal synthetic budget, several seeds.
 
 Runs the harness itself (Hydra multiruns of run.py): `gold` (the same number of real examples), `zerogen`,
 `goldgen` and `s3` at `--budget` synthetic examples each, for every seed; prints test accuracy mean ± std,
 the per-round curve of s3, and (unless --skip-paper) our pipeline trained on the paper's published synthetic
-data (IMDb, RTE) next to gold data of the same size. Last line: s3_minus_zerogen=<points>. Re-running with the
+data (IMDb, RTE) next to gold data of the same size. Last line: s3_minus_zerogen=<points>. Extractive QA
+(``--task adqa``) reports SQuAD F1 (and EM) instead of accuracy, and the difference in F1 points. Re-running with the
 same ``--out`` reuses finished multiruns; with ``--write`` the report goes into ``benchmarks/RESULTS.md``.
 
     .venv/bin/python benchmarks/quality.py [--seeds 0,1,2] [--budget 400] [--max-test 1000] [--ablations [KEYS]] [--skip-paper] [--write]
@@ -95,6 +96,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--max-test", type=int, default=1000)
     ap.add_argument("--methods", default="gold,zerogen,goldgen,s3")
+    ap.add_argument("--gold-rows", default=None, help="real train rows for `gold`: a number or all (default: --budget)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--extra", default="", help="more Hydra overrides for every run, space separated")
     ap.add_argument("--s3-extra", default="", help="more Hydra overrides for the s3 runs only (e.g. loop.per_error=2)")
@@ -140,7 +142,8 @@ def main() -> None:
     n_seeds = len(args.seeds.split(","))
     methods = args.methods.split(",")
     if "gold" in methods:
-        multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={args.budget}"], n_seeds)
+        gold_rows = "null" if args.gold_rows == "all" else (args.gold_rows or args.budget)
+        multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={gold_rows}"], n_seeds)
     baselines = [m for m in methods if m not in ("gold", "s3")]
     if baselines:  # one-shot methods: the whole budget in round 0
         multirun(
@@ -153,24 +156,30 @@ def main() -> None:
     for key in keys:
         multirun(out / f"ablation_{key}", [*common, *known[key][1]], n_seeds)
 
+    # Classification: accuracy. Extractive QA (summaries with test_em): SQuAD F1, with EM beside it.
+    summaries = [(p, json.loads(p.read_text())) for p in sorted(out.rglob("summary.json"))]
+    qa = any("test_em" in summary for _, summary in summaries)
+    metric, second, unit = ("f1", "em", "F1") if qa else ("acc", None, "acc")
     final: dict[str, list[float]] = defaultdict(list)
+    final2: dict[str, list[float]] = defaultdict(list)  # QA: test EM
     val: dict[str, list[float]] = defaultdict(list)  # on the gold rows S3 learns from
     select: dict[str, list[float]] = defaultdict(list)  # on the held-out gold rows (absent when none are held out)
     curves: dict[int, list[float]] = defaultdict(list)
     sizes: dict[str, list[int]] = defaultdict(list)
-    for summary_path in sorted(out.rglob("summary.json")):
-        summary = json.loads(summary_path.read_text())
+    for summary_path, summary in summaries:
         group = summary_path.parent.parent.name
         method = known[group.removeprefix("ablation_")][0] if group.startswith("ablation_") else summary["loop"]
-        final[method].append(summary["test_acc"])
-        val[method].append(summary["val_acc"])
-        if "select_acc" in summary:
-            select[method].append(summary["select_acc"])
+        final[method].append(summary[f"test_{metric}"])
+        if second:
+            final2[method].append(summary[f"test_{second}"])
+        val[method].append(summary[f"val_{metric}"])
+        if f"select_{metric}" in summary:
+            select[method].append(summary[f"select_{metric}"])
         sizes[method].append(summary["n_train"])
         if method == "s3":
             for line in (summary_path.parent / "metrics.jsonl").read_text().splitlines():
                 row = json.loads(line)
-                curves[row["round"]].append(row["test_acc"])
+                curves[row["round"]].append(row[f"test_{metric}"])
 
     report: list[str] = []
 
@@ -182,23 +191,25 @@ def main() -> None:
         f"{args.task}, budget {args.budget}, seeds {args.seeds}, test rows <= {args.max_test}, "
         f"{time.perf_counter() - start:.0f} s (finished multiruns are reused)\n"
     )
+    em_head, em_rule = (" test EM |", "---|") if qa else ("", "")
     say(
-        "| method | test acc (mean ± std) | val acc | select acc | train rows (mean) | runs | test acc per seed |\n"
-        "|---|---|---|---|---|---|---|"
+        f"| method | test {unit} (mean ± std) |{em_head} val {unit} | select {unit} | train rows (mean) | runs | "
+        f"test {unit} per seed |\n|---|---|{em_rule}---|---|---|---|---|"
     )
     for method in [*methods, *ablations]:
         if final[method]:
             per_seed = ", ".join(f"{100 * x:.1f}" for x in final[method])
             held_out = mean_std(select[method]) if select[method] else "n/a"
+            em = f" {mean_std(final2[method])} |" if qa else ""
             say(
-                f"| {method} | {mean_std(final[method])} | {mean_std(val[method])} | {held_out} | "
+                f"| {method} | {mean_std(final[method])} |{em} {mean_std(val[method])} | {held_out} | "
                 f"{statistics.mean(sizes[method]):.0f} | {len(final[method])} | {per_seed} |"
             )
     say(
-        "\ns3 per round (test acc mean ± std): "
+        f"\ns3 per round (test {unit} mean ± std): "
         + ", ".join(f"round {k}: {mean_std(v)}" for k, v in sorted(curves.items()))
     )
-    if not args.skip_paper:
+    if not args.skip_paper and not qa:
         say("\n| task | training data | rows | test acc |\n|---|---|---|---|")
         for task_name in ("imdb", "rte"):
             for line in paper_synthetic(task_name, "minilm", n_rows=args.paper_rows, max_test=args.max_test, seed=0):

@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from s3.atomic import atomic_dir, atomic_write_jsonl
 from s3.classifier import Classifier
 from s3.data import Task
+from s3.qa import QA_FIELDS, QATask
+from s3.qa_model import QAModel
 
 MODEL_DIR = "model"
 DATASET_DIR = "dataset"
@@ -49,6 +51,16 @@ def save_classifier(
     atomic_write_jsonl(run_dir / TEST_PREDICTIONS, prediction_rows(clf, test_rows, test_probs))
 
 
+def save_qa_model(
+    model: QAModel, test_rows: Sequence[Mapping[str, Any]], answers: Sequence[str], run_dir: Path
+) -> None:
+    model.save(run_dir / MODEL_DIR)
+    atomic_write_jsonl(
+        run_dir / TEST_PREDICTIONS,
+        [{"id": r["id"], "question": r["question"], "answer": a} for r, a in zip(test_rows, answers)],
+    )
+
+
 def card_facts(cfg: DictConfig, final_metrics: Mapping[str, Any]) -> dict[str, Any]:
     """What the dataset card states about how the data was made."""
     llm = OmegaConf.to_container(cfg.llm, resolve=True) if "llm" in cfg else {}
@@ -60,20 +72,49 @@ def card_facts(cfg: DictConfig, final_metrics: Mapping[str, Any]) -> dict[str, A
         "llm": llm.get("model") or llm.get("_target_", "?"),
         "rounds": cfg.loop.rounds,
         "small_model": cfg.small_model.name,
-        "scores": {k: final_metrics[k] for k in ("val_acc", "select_acc", "test_acc") if k in final_metrics},
+        "scores": {
+            k: final_metrics[k]
+            for k in ("val_acc", "select_acc", "test_acc", "val_f1", "select_f1", "test_em", "test_f1")
+            if k in final_metrics and ("val_em" in final_metrics or not k.endswith("f1"))
+        },
         "gap": {k: v for k, v in final_metrics.items() if k.startswith(("gap/", "div/"))},
     }
 
 
-def dataset_card(task: Task, rows: Sequence[Mapping[str, Any]], facts: Mapping[str, Any]) -> str:
+QA_COLUMNS = {
+    "context": "a real passage of the task's train split",
+    "question": "the question the LLM wrote about it",
+    "answer_text": "the answer, a span of the passage",
+    "answer_start": "the answer's character offset in the passage",
+}
+
+
+def dataset_card(task: Task | QATask, rows: Sequence[Mapping[str, Any]], facts: Mapping[str, Any]) -> str:
     per_round: dict[int, int] = {}
     for r in rows:
         per_round[int(r.get("round", 0))] = per_round.get(int(r.get("round", 0)), 0) + 1
-    per_label = {name: sum(r["label"] == i for r in rows) for i, name in enumerate(task.labels)}
+    qa = isinstance(task, QATask)
+    if qa:
+        kind, what, columns = (
+            "question-answering",
+            "question/answer rows over real passages",
+            [f"- `{k}`: {v}" for k, v in QA_COLUMNS.items()],
+        )
+        about, label_line = f"{task.name} (extractive QA)", []
+    else:
+        assert isinstance(task, Task)
+        per_label = {name: sum(r["label"] == i for r in rows) for i, name in enumerate(task.labels)}
+        kind, what = "text-classification", "labelled rows"
+        columns = [
+            *[f"- `{f}`: the example's {task.field_labels.get(f, f)}" for f in task.fields],
+            "- `label`: the label the row was written for (a `ClassLabel`)",
+        ]
+        about = f"{task.name} (fields: {', '.join(task.fields)}; labels: {', '.join(task.labels)})"
+        label_line = [f"| rows per label | {', '.join(f'{k}: {n}' for k, n in per_label.items())} |"]
     lines = [
         "---",  # no `configs:` block: datasets then caches by the resolved files, not by a pattern shared by all runs
         "task_categories:",
-        "- text-classification",
+        f"- {kind}",
         "tags:",
         "- synthetic",
         "- s3",
@@ -82,26 +123,25 @@ def dataset_card(task: Task, rows: Sequence[Mapping[str, Any]], facts: Mapping[s
         "",
         f"# Synthetic {task.name} data ({facts['method']}, made with s3)",
         "",
-        f"{len(rows)} labelled rows for *{task.description}*, written by an LLM with the s3 harness "
+        f"{len(rows)} {what} for *{task.description}*, written by an LLM with the s3 harness "
         "(Synthesis Step by Step: a rationale-guided seed set, then rounds of error extrapolation on a small "
         "real validation set).",
         "",
         "| | |",
         "|---|---|",
-        f"| task | {task.name} (fields: {', '.join(task.fields)}; labels: {', '.join(task.labels)}) |",
+        f"| task | {about} |",
         f"| method | {facts['method']} |",
         f"| LLM | {facts['llm']} |",
         f"| rounds | {facts['rounds']} configured; rows per round: "
         f"{', '.join(f'{k}: {n}' for k, n in sorted(per_round.items()))} |",
-        f"| rows per label | {', '.join(f'{k}: {n}' for k, n in per_label.items())} |",
+        *label_line,
         f"| seed | {facts['seed']} |",
         f"| small model trained on it | {facts['small_model']} "
         f"({', '.join(f'{k} {v:.4f}' for k, v in facts['scores'].items())}) |",
         "",
         "## Columns",
         "",
-        *[f"- `{f}`: the example's {task.field_labels.get(f, f)}" for f in task.fields],
-        "- `label`: the label the row was written for (a `ClassLabel`)",
+        *columns,
         *[f"- `{k}`: {v}" for k, v in PROVENANCE_COLUMNS.items()],
         "",
         "## Distance to the real validation set (last round)",
@@ -114,16 +154,24 @@ def dataset_card(task: Task, rows: Sequence[Mapping[str, Any]], facts: Mapping[s
     return "\n".join(lines) + "\n"
 
 
-def export_dataset(rows: Sequence[Mapping[str, Any]], task: Task, run_dir: Path, facts: Mapping[str, Any]) -> Path:
+def export_dataset(
+    rows: Sequence[Mapping[str, Any]], task: Task | QATask, run_dir: Path, facts: Mapping[str, Any]
+) -> Path:
     """Write ``<run_dir>/dataset/`` (parquet + README.md card) next to itself, then rename it into place."""
     import datasets
 
-    columns = ["id", *task.fields, "label", *[c for c in PROVENANCE_COLUMNS if c != "id"]]
+    provenance = [c for c in PROVENANCE_COLUMNS if c != "id"]
+    if isinstance(task, QATask):
+        columns = ["id", *QA_FIELDS, "answer_text", "answer_start", *provenance]
+        typed = {"answer_start": datasets.Value("int32")}
+    else:
+        columns = ["id", *task.fields, "label", *provenance]
+        typed = {"label": datasets.ClassLabel(names=list(task.labels))}
     records = [{c: r.get(c) for c in columns} for r in rows]
     features = datasets.Features(
         {
-            **{c: datasets.Value("string") for c in ("id", *task.fields, "source", "prompt_hash")},
-            "label": datasets.ClassLabel(names=list(task.labels)),
+            **{c: datasets.Value("string") for c in columns if c not in typed and c != "round"},
+            **typed,
             "round": datasets.Value("int32"),
         }
     )

@@ -129,7 +129,7 @@ class QualityRules(RowFilter):
             return "too_short"
         if max(lengths) > self.cfg.max_words:
             return "too_long"
-        label = int(row["label"])
+        label = int(row.get("label", -1))  # extractive QA rows have no label
         if self.cfg.forbid_label_words and 0 <= label < len(self.label_names):
             name = f" {self.label_names[label]} "
             if any(name in f" {n} " for n in norms):
@@ -240,12 +240,12 @@ class Deduplicator(RowFilter):
         """Register rows already in the synthetic set (e.g. on resume) so candidates dedup against them."""
         for row in rows:
             norms = self._norms(row)
-            self._register(norms, self._shingle_sets(norms), int(row["label"]))
+            self._register(norms, self._shingle_sets(norms), int(row.get("label", 0)))
 
     def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]:
         kept, drops = [], Counter()
         for row in rows:
-            norms, label = self._norms(row), int(row["label"])
+            norms, label = self._norms(row), int(row.get("label", 0))
             seen = self.labels_by_key.get("\x1f".join(norms))
             if seen is not None:
                 drops["duplicate" if seen == label else "label_conflict"] += 1
@@ -460,6 +460,7 @@ class LLMLabelCheck(FlagFilter):
 # ---- the chain a run uses -------------------------------------------------------------------------------
 
 OTHER_DROP_REASONS = ("unparsable", "over_quota")  # counted by the synthesizer, not by a filter
+QA_DROP_REASONS = ("not_a_question", "answer_in_question", "answer_not_span")  # s3.qa_synthesis: parsing
 DROP_REASONS: tuple[str, ...] = (
     *QualityRules.reasons,
     LeakGuard.reason,
@@ -468,6 +469,7 @@ DROP_REASONS: tuple[str, ...] = (
     GoldLabelCheck.reason,
     LLMLabelCheck.reason,
     *OTHER_DROP_REASONS,
+    *QA_DROP_REASONS,
 )
 
 
@@ -487,8 +489,22 @@ def build_filter_chain(
     embedder: Any = None,
     gold_check: GoldLabelCheck | None = None,
 ) -> FilterChain:
-    """The loop's chain (``cfg``: a ``SyntheticLoopConfig``): the text checks, then each check it turns on."""
-    filters: list[RowFilter] = [Cleaner(cfg.cleaning, task.fields, task.labels, protected, [task.example_kind])]
+    """The loop's chain (``cfg``: a ``SyntheticLoopConfig``): the text checks, then each check it turns on.
+
+    Extractive QA: the checks read the question (the LLM's part); duplicates are the same question about the same
+    passage; the label checks do not apply."""
+    if getattr(task, "kind", "") == "extractive_qa":
+        filters: list[RowFilter] = [
+            QualityRules(cfg.cleaning, ["question"], [], [task.example_kind]),
+            LeakGuard(cfg.cleaning, ["question"], protected),
+            Deduplicator(cfg.cleaning, ["context", "question"]),
+        ]
+        if cfg.min_source_similarity > 0:
+            if embedder is None:
+                raise ValueError("loop.min_source_similarity > 0 needs a sentence embedder")
+            filters.append(SourceSimilarity(embedder, task, cfg.min_source_similarity))
+        return FilterChain(filters)
+    filters = [Cleaner(cfg.cleaning, task.fields, task.labels, protected, [task.example_kind])]
     if cfg.min_source_similarity > 0:
         if embedder is None:
             raise ValueError("loop.min_source_similarity > 0 needs a sentence embedder")

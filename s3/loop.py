@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from s3.artifacts import MODEL_DIR, card_facts, export_dataset, save_classifier
+from s3.artifacts import MODEL_DIR, card_facts, export_dataset, save_classifier, save_qa_model
 from s3.atomic import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from s3.classifier import (
     Classifier,
@@ -41,10 +41,20 @@ from s3.filters import GoldLabelCheck, build_filter_chain, drop_columns
 from s3.gap import compute_gap
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
 from s3.loop_config import GoldLoopConfig, SyntheticLoopConfig, loop_config
+from s3.qa import QATask, exact_match, qa_scores
+from s3.qa_model import QAModel, train_qa_model
+from s3.qa_synthesis import QASynthesizer
 from s3.synthesis import Synthesizer
 from s3.tracking import RunRecorder, flatten, resolved_config, start_wandb
 
 log = logging.getLogger(__name__)
+
+AnyTask = Task | QATask
+
+
+def is_qa(task: Any) -> bool:
+    return isinstance(task, QATask)
+
 
 __all__ = ["UserError", "run_experiment", "evaluate"]
 
@@ -83,17 +93,51 @@ def evaluate(clf: Classifier, real: RealData) -> tuple[dict[str, float], list[di
     return metrics, errors, test_probs
 
 
+def evaluate_qa(model: QAModel, real: RealData) -> tuple[dict[str, float], list[dict[str, Any]], list[str]]:
+    """SQuAD EM/F1 on the gold validation rows, the held-out selection rows and the test set; the gold-validation
+    questions answered wrong (EM 0: what error extrapolation writes more of); the test predictions."""
+    val_preds, test_preds = model.predict(real.gold_val), model.predict(real.test)
+    val, test = qa_scores(val_preds, real.gold_val), qa_scores(test_preds, real.test)
+    errors = [
+        {**{k: row[k] for k in ("id", "context", "question", "answer_text", "answer_start")}, "pred": pred}
+        for row, pred in zip(real.gold_val, val_preds)
+        if not exact_match(pred, row)
+    ]
+    metrics = {"val_em": val["em"], "val_f1": val["f1"], "test_em": test["em"], "test_f1": test["f1"]}
+    metrics["n_errors"] = len(errors)
+    if real.select:
+        select = qa_scores(model.predict(real.select), real.select)
+        metrics.update(select_em=select["em"], select_f1=select["f1"])
+    return metrics, errors, test_preds
+
+
 def train_and_evaluate(
     train_rows: Sequence[dict[str, Any]],
     real: RealData,
-    task: Task,
+    task: AnyTask,
     small: SmallModelConfig,
     seed: int,
     round_: int,
     run_dir: Path,
     recorder: RunRecorder,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train, evaluate, log the training curve, and keep the classifier (the run's model is the latest round's)."""
+    """Train, evaluate, log the training curve, and keep the model (the run's model is the latest round's)."""
+    if is_qa(task):
+        qa = train_qa_model(train_rows, real.selection, task.name, small, seed)  # best epoch on the held-out rows
+        metrics, errors, answers = evaluate_qa(qa, real)
+        metrics.update(
+            n_train=len(train_rows),
+            train_seconds=round(qa.train_seconds, 2),
+            train_examples_per_second=round(qa.examples_per_second, 1),
+            best_epoch=qa.best_epoch,
+            epochs=len(qa.history),
+        )
+        recorder.log_epochs(round_, qa.history)
+        if small.save:
+            qa.meta["round"] = round_
+            save_qa_model(qa, real.test, answers, run_dir)
+        return metrics, errors
+    assert isinstance(task, Task)
     clf = train_classifier(train_rows, real.selection, task, small, seed)  # best epoch on the held-out rows
     metrics, errors, test_probs = evaluate(clf, real)
     metrics.update(
@@ -197,7 +241,7 @@ def run_synthetic(
     # learns from the gold rows S3 learns from, never from the held-out ones.
     gold_check = (
         GoldLabelCheck(sentence_embedder(cfg), task, real.gold_val, cfg.seed, L.gold_check_min_accuracy)
-        if L.gold_check
+        if L.gold_check and not is_qa(task)  # QA rows have no label to check
         else None
     )
     filters = build_filter_chain(
@@ -208,7 +252,11 @@ def run_synthetic(
         embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 else None,
         gold_check=gold_check,
     )
-    synth = Synthesizer(llm, task, filters, L, cfg.seed)
+    if is_qa(task):  # questions written for real passages of the train split (never its questions)
+        assert real.train is not None
+        synth: Synthesizer = QASynthesizer(llm, task, filters, L, cfg.seed, [r["context"] for r in real.train])
+    else:
+        synth = Synthesizer(llm, task, filters, L, cfg.seed)
     budget = L.total_budget if L.total_budget is not None else math.inf
 
     def finish_round(
@@ -256,7 +304,7 @@ def run_synthetic(
     if start_round is None:
         # Round 0: the seed set D_0 (rationale-guided for S3; plain or few-shot prompts for the baselines).
         started, before = time.perf_counter(), llm.usage()
-        rationales = synth.rationales() if L.seed_prompt == "rationale" else None
+        rationales = synth.rationales() if L.seed_prompt == "rationale" and not is_qa(task) else None
         size = min(L.seed_size, budget) if L.rounds > 0 else (L.total_budget or L.seed_size)
         batch = synth.seed_set(size, L.seed_prompt, round_=0, rationales=rationales, demos=real.gold_val)
         train_rows = with_ids(batch.rows, 0, start=0)
@@ -293,8 +341,19 @@ def run_synthetic(
     return metrics
 
 
+SCORE_KEYS = ("val_acc", "select_acc", "test_acc", "val_em", "val_f1", "select_em", "select_f1", "test_em", "test_f1")
+
+
 def accuracies(metrics: dict[str, Any]) -> str:
-    return " ".join(f"{k}={metrics[k]:.4f}" for k in ("val_acc", "select_acc", "test_acc") if k in metrics)
+    qa = "val_em" in metrics
+    return " ".join(f"{k}={metrics[k]:.4f}" for k in SCORE_KEYS if k in metrics and (qa or not k.endswith("_f1")))
+
+
+def objective(summary: dict[str, Any]) -> str:
+    """The key sweeps maximise: on the held-out selection rows when there are any. Classification: accuracy;
+    extractive QA: SQuAD F1."""
+    metric = "f1" if "val_em" in summary else "acc"
+    return f"select_{metric}" if f"select_{metric}" in summary else f"val_{metric}"
 
 
 def with_ids(rows: Sequence[dict[str, Any]], round_: int, start: int) -> list[dict[str, Any]]:
@@ -327,22 +386,22 @@ def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
         return None
     embedder = sentence_embedder(cfg)
     real_texts = [task.text_of(r) for r in real.gold_val]
-    real_labels = [r["label"] for r in real.gold_val]
+    real_labels = [r.get("label", 0) for r in real.gold_val]  # QA: one class
     train = real.train if cfg.gap.vs_train else None
 
     def measure(rows: Sequence[dict[str, Any]]) -> dict[str, float]:
         start = time.perf_counter()
         out = compute_gap(
             [task.text_of(r) for r in rows],
-            [r["label"] for r in rows],
+            [r.get("label", 0) for r in rows],
             real_texts,
             real_labels,
-            len(task.labels),
+            len(getattr(task, "labels", [None])),
             embedder,
             cfg.gap,
             cfg.seed,
             real_train=[task.text_of(r) for r in train] if train else None,
-            real_train_labels=[r["label"] for r in train] if train else None,
+            real_train_labels=[r.get("label", 0) for r in train] if train else None,
         )
         return {**out, "gap_seconds": round(time.perf_counter() - start, 2)}
 
@@ -412,8 +471,8 @@ def wandb_group(cfg: DictConfig, task: Task, llm_choice: str, variant: str) -> s
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM | None = None) -> float:
-    """Build everything from the composed config, run the chosen loop, write the summary; return select_acc
-    (val_acc when no gold rows are held out).
+    """Build everything from the composed config, run the chosen loop, write the summary; return the run's
+    ``objective`` (select_acc, or select_f1 for extractive QA; val_* when no gold rows are held out).
 
     Under ``run.py`` the run dir is Hydra's; from a notebook or a test, pass a composed config
     (``s3.config.compose_config``) and a ``run_dir``, and optionally an ``llm`` to use instead of ``cfg.llm``
@@ -437,15 +496,15 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
     refuse_another_config(run_dir, config)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
 
-    task: Task = instantiate(cfg.task)
-    need_train = isinstance(loop, GoldLoopConfig) or bool(cfg.gap.enabled and cfg.gap.vs_train)
+    task: AnyTask = instantiate(cfg.task)
+    need_train = isinstance(loop, GoldLoopConfig) or is_qa(task) or bool(cfg.gap.enabled and cfg.gap.vs_train)
     real = load_real_data(
         task, cfg.paths.data_dir, loop.num_gold_val, loop.max_test, cfg.seed, need_train, loop.selection_fraction
     )
     atomic_write_jsonl(
         run_dir / "gold_val_ids.jsonl",
         [
-            {"id": r["id"], "label": r["label"], "part": part}
+            {"id": r["id"], "label": r.get("label"), "part": part}
             for part, rows in (("learn", real.gold_val), ("select", real.select))
             for r in rows
         ],
@@ -483,7 +542,18 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
             "llm": {"name": llm_choice, **llm_totals},
             **{
                 k: final[k]
-                for k in ("val_acc", "val_f1", "select_acc", "select_f1", "test_acc", "test_f1", "n_train")
+                for k in (
+                    "val_acc",
+                    "val_em",
+                    "val_f1",
+                    "select_acc",
+                    "select_em",
+                    "select_f1",
+                    "test_acc",
+                    "test_em",
+                    "test_f1",
+                    "n_train",
+                )
                 if k in final
             },
             "n_gold_val": len(real.gold_val) + len(real.select),  # every gold label the run used
@@ -491,11 +561,12 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
             "n_test": len(real.test),
             "wall_seconds": round(time.perf_counter() - start, 2),
         }
+        summary["objective"] = objective(summary)
         recorder.write_summary(summary)
         if small.save:
             recorder.log_model(run_dir / MODEL_DIR, "model")
         log.info("done: %s (%s)", accuracies(summary), run_dir)
-        return float(summary.get("select_acc", summary["val_acc"]))  # what sweepers maximise: the held-out rows
+        return float(summary[summary["objective"]])  # what sweepers maximise: the held-out rows
     except BaseException as err:
         failed = True
         if not isinstance(err, UserError):

@@ -18,6 +18,7 @@ from s3.filters import CleaningConfig
 
 SEED_PROMPTS = ("rationale", "zerogen", "goldgen")
 LABEL_CHECKS = ("none", "choice", "channel", "auto")
+ANSWER_SPANS = ("candidates", "llm")
 
 
 @dataclass
@@ -68,7 +69,9 @@ class SyntheticLoopConfig(LoopConfig):
     rationale_samples: int = 6  # LLM answers per rationale prompt (their items are pooled)
     rationale_max_tokens: int = 160  # room for a list of items
     max_example_chars: int | None = 2000  # real rows shown in prompts (errors, demonstrations) are cut to this;
-    # metrics count the cuts (prompt_truncated). None = whole rows
+    # metrics count the cuts (prompt_truncated). None = whole rows. QA: a window of the passage around the answer
+    answer_spans: str = "candidates"  # extractive QA: where seed answers come from: candidates (the passage's
+    # entity, number and content-word phrases) | llm (the LLM copies a phrase; kept only when it is a span)
     # error extrapolation
     rounds: int = 2  # extrapolation rounds after round 0 (the paper published two)
     per_error: int = 3  # new examples written from each misclassified validation example
@@ -97,6 +100,7 @@ class SyntheticLoopConfig(LoopConfig):
         super().__post_init__()
         one_of(self, "seed_prompt", SEED_PROMPTS)
         one_of(self, "label_check", LABEL_CHECKS)
+        one_of(self, "answer_spans", ANSWER_SPANS)
         for key in (
             "seed_size",
             "per_error",

@@ -3,7 +3,8 @@
 Templates are ``str.format`` strings so users can edit them in YAML. Fields available to every template:
 ``description, example_kind, example_kind_title, label_options, num_items, field1, field2`` and, where a
 label is involved, ``label, label_description``; plus per-template fields: ``aspect, variation`` (seed),
-``demonstrations`` (goldgen), ``example`` (extrapolate, relabel, demonstration).
+``demonstrations`` (goldgen), ``example`` (extrapolate, relabel, demonstration). Extractive QA tasks have their
+own set (``QA_TEMPLATES``, conf/prompts/qa.yaml) with ``context, answer, question`` instead of labels.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ TEMPLATES = (
     "relabel",
 )
 
+QA_TEMPLATES = ("system", "seed", "zerogen", "goldgen", "demonstration", "extrapolate", "answer_span")
+
 
 def prompt_hash(messages: list[dict[str, str]]) -> str:
     """Short content hash recorded with every synthetic row (provenance)."""
@@ -40,20 +43,19 @@ class PromptBook:
     def __init__(self, task: Task, max_example_chars: int | None = None):
         self.max_example_chars = max_example_chars  # real rows shown in prompts are cut to this many characters
         self.truncated = 0  # how many shown fields were cut
-        missing = [name for name in TEMPLATES if name not in task.prompts]
+        qa = getattr(task, "kind", "") == "extractive_qa"
+        missing = [name for name in (QA_TEMPLATES if qa else TEMPLATES) if name not in task.prompts]
         if missing:
             raise UserError(f"task {task.name!r}: prompt templates missing: {missing} (see conf/prompts/)")
         self.task = task
-        names = [task.field_labels[f] for f in task.fields]
         self.common = {
             "description": task.description,
             "example_kind": task.example_kind,
             "example_kind_title": task.example_kind[:1].upper() + task.example_kind[1:],
-            "label_options": " or ".join(task.labels),
-            "num_items": 10,
-            "field1": names[0],
-            "field2": names[-1],
         }
+        if not qa:
+            names = [task.field_labels[f] for f in task.fields]
+            self.common.update(label_options=" or ".join(task.labels), num_items=10, field1=names[0], field2=names[-1])
 
     def label_fields(self, label: int) -> dict[str, str]:
         name = self.task.labels[label]

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 # Preferred display order; anything else follows alphabetically.
-TASK_ORDER = ("sst2", "imdb", "rte", "qnli")
+TASK_ORDER = ("sst2", "imdb", "rte", "qnli", "adqa")
 METHOD_ORDER = ("s3", "zerogen", "goldgen", "gold")
 CURVE_PREFIXES = ("gap/", "gap_train/", "div/")
 
@@ -125,7 +125,8 @@ def summary_table(runs: Sequence[Run]) -> list[dict]:
     table = []
     for (task, method), rs in group_runs(runs).items():
         row: dict = {"task": task, "method": method, "n_runs": len(rs)}
-        for key in ("val_acc", "select_acc", "test_acc", "test_f1", "n_train"):
+        row["qa"] = any("test_em" in r.summary for r in rs)  # extractive QA: EM / SQuAD F1 instead of accuracy
+        for key in ("val_acc", "select_acc", "test_acc", "test_f1", "n_train", "select_em", "select_f1", "test_em"):
             row[key] = mean_std(r.summary.get(key) for r in rs)[:2]
         table.append(row)
     return table
@@ -137,18 +138,25 @@ def _pm(ms: tuple[float, float], scale: float = 100.0, digits: int = 1) -> str:
 
 
 def markdown_table(table: Sequence[dict]) -> str:
-    lines = [
-        "| task | method | n runs | val acc (%) | select acc (%) | test acc (%) | test F1 (%) | synthetic examples |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for row in table:
-        n_train = row["n_train"][0]
-        lines.append(
-            f"| {row['task']} | {row['method']} | {row['n_runs']} | {_pm(row['val_acc'])} | {_pm(row['select_acc'])} "
-            f"| {_pm(row['test_acc'])} "
-            f"| {_pm(row['test_f1'])} | {'n/a' if math.isnan(n_train) else f'{n_train:.0f}'} |"
-        )
-    return "\n".join(lines)
+    """Classification runs in one table (accuracy, macro-F1), extractive-QA runs in another (EM, SQuAD F1)."""
+    out = []
+    for qa, head, keys in (
+        (False, "val acc (%) | select acc (%) | test acc (%) | test F1 (%)", ("val_acc", "select_acc", "test_acc", "test_f1")),
+        (True, "select EM (%) | select F1 (%) | test EM (%) | test F1 (%)", ("select_em", "select_f1", "test_em", "test_f1")),
+    ):  # fmt: skip
+        rows = [row for row in table if row.get("qa", False) == qa]
+        if not rows:
+            continue
+        lines = [f"| task | method | n runs | {head} | synthetic examples |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for row in rows:
+            n_train = row["n_train"][0]
+            cells = " | ".join(_pm(row[k]) for k in keys)
+            lines.append(
+                f"| {row['task']} | {row['method']} | {row['n_runs']} | {cells} "
+                f"| {'n/a' if math.isnan(n_train) else f'{n_train:.0f}'} |"
+            )
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def round_curve(runs: Sequence[Run], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,12 +220,12 @@ def _plot_curves(groups: dict[tuple[str, str], list[Run]], keys: Sequence[str], 
 
 
 def _plot_final(table: Sequence[dict], out: Path) -> None:
-    """Grouped bars: final test accuracy per task × method, error bars = std over seeds."""
+    """Grouped bars: final test accuracy (extractive QA: SQuAD F1) per task × method, error bars = std over seeds."""
     import matplotlib.pyplot as plt
 
     tasks = _order({r["task"] for r in table}, TASK_ORDER)
     methods = _order({r["method"] for r in table}, METHOD_ORDER)
-    cell = {(r["task"], r["method"]): r["test_acc"] for r in table}
+    cell = {(r["task"], r["method"]): r["test_f1" if r.get("qa") else "test_acc"] for r in table}
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(tasks) * max(1, len(methods) / 3), 3.6))
     for mi, m in enumerate(methods):
@@ -225,7 +233,7 @@ def _plot_final(table: Sequence[dict], out: Path) -> None:
         ms = [cell[(t, m)] for t in tasks if (t, m) in cell]
         ax.bar(xs, [v[0] * 100 for v in ms], width, yerr=[v[1] * 100 for v in ms], capsize=3, label=m)
     ax.set_xticks(range(len(tasks)), tasks)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy; QA: F1 (%)")
     ax.set_title("Final test accuracy (mean ± std over seeds)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
@@ -259,7 +267,10 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None
     table = summary_table(runs)
     images: list[tuple[str, str]] = []
 
-    acc_keys = [k for k in ("val_acc", "select_acc", "test_acc") if any(k in row for r in runs for row in r.rows)]
+    present = {k for r in runs for row in r.rows for k in row}
+    acc_keys = [k for k in ("val_acc", "select_acc", "test_acc") if k in present]
+    if "val_em" in present:  # extractive QA runs: their SQuAD F1 per round
+        acc_keys += ["select_f1", "test_f1"]
     if acc_keys:
         _plot_curves(groups, acc_keys, "Accuracy per round (mean ± std over seeds)", out / "acc_per_round.png")
         images.append(("Accuracy per round", "acc_per_round.png"))

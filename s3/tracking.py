@@ -74,16 +74,11 @@ class RunRecorder:
         atomic_write_jsonl(self.run_dir / "epochs.jsonl", self.epoch_rows)
         if self.wandb_run is not None:
             prefix = f"epochs/round_{round_}"
-            for key in ("train_loss", "val_acc"):
+            keys = [k for k in ("train_loss", "val_acc", "val_em", "val_f1") if history and k in history[0]]
+            for key in keys:
                 self.wandb_run.define_metric(f"{prefix}/{key}", step_metric=f"{prefix}/epoch")
             for h in history:
-                self.wandb_run.log(
-                    {
-                        f"{prefix}/epoch": h["epoch"],
-                        f"{prefix}/train_loss": h["train_loss"],
-                        f"{prefix}/val_acc": h["val_acc"],
-                    }
-                )
+                self.wandb_run.log({f"{prefix}/epoch": h["epoch"], **{f"{prefix}/{k}": h[k] for k in keys}})
 
     def log_model(self, folder: Path, name: str) -> None:
         """The saved classifier as a W&B model artifact (one version per round; the last one is the run's)."""

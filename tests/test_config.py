@@ -10,6 +10,7 @@ from s3.classifier import SmallModelConfig, small_model_config
 from s3.config import UserError
 from s3.data import Task
 from s3.loop_config import GoldLoopConfig, SamplingConfig, SyntheticLoopConfig, loop_config
+from s3.qa import QATask
 
 
 def options(group: str) -> list[str]:
@@ -25,6 +26,9 @@ def test_default_config_composes():
 @pytest.mark.parametrize("name", options("task"))
 def test_task_configs(name):
     task = instantiate(compose_config([f"task={name}"]).task)
+    if name == "adqa":  # extractive QA: no labels, its own prompt set
+        assert isinstance(task, QATask) and task.name == name and "extrapolate" in task.prompts
+        return
     assert isinstance(task, Task) and task.name == name and len(task.labels) >= 2
 
 
@@ -58,6 +62,7 @@ def test_loop_presets_hold_no_defaults_of_their_own():
         ("loop.seed_size=-5", "loop.seed_size must be >= 1"),
         ("loop.label_check=bogus", "loop.label_check must be one of"),
         ("loop.seed_prompt=fewshot", "loop.seed_prompt must be one of"),
+        ("loop.answer_spans=random", "loop.answer_spans must be one of"),
         ("loop.selection_fraction=1.5", "loop.selection_fraction must be between"),
         ("loop.min_source_similarity=2", "loop.min_source_similarity must be between"),
     ],
