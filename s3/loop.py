@@ -254,7 +254,7 @@ def run_synthetic(
     )
     if is_qa(task):  # questions written for real passages of the train split (never its questions)
         assert real.train is not None
-        synth: Synthesizer = QASynthesizer(llm, task, filters, L, cfg.seed, [r["context"] for r in real.train])
+        synth: Synthesizer = QASynthesizer(llm, task, filters, L, cfg.seed, real.train)
     else:
         synth = Synthesizer(llm, task, filters, L, cfg.seed)
     budget = L.total_budget if L.total_budget is not None else math.inf

@@ -18,7 +18,7 @@ from s3.filters import CleaningConfig
 
 SEED_PROMPTS = ("rationale", "zerogen", "goldgen")
 LABEL_CHECKS = ("none", "choice", "channel", "auto")
-ANSWER_SPANS = ("candidates", "llm")
+ANSWER_SPANS = ("candidates", "llm", "train")
 
 
 @dataclass
@@ -71,7 +71,8 @@ class SyntheticLoopConfig(LoopConfig):
     max_example_chars: int | None = 2000  # real rows shown in prompts (errors, demonstrations) are cut to this;
     # metrics count the cuts (prompt_truncated). None = whole rows. QA: a window of the passage around the answer
     answer_spans: str = "candidates"  # extractive QA: where seed answers come from: candidates (the passage's
-    # entity, number and content-word phrases) | llm (the LLM copies a phrase; kept only when it is a span)
+    # entity, number and content-word phrases) | llm (the LLM copies a phrase; kept only when it is a span) |
+    # train (the train split's real answers for the passage, as the paper: annotations, though no questions)
     # error extrapolation
     rounds: int = 2  # extrapolation rounds after round 0 (the paper published two)
     per_error: int = 3  # new examples written from each misclassified validation example

@@ -3,7 +3,9 @@
 A seed row takes a passage from the task's train split (its text only: the train questions are never shown) and
 an answer span of it, and the LLM writes the question (Table 1 of the paper). Answer spans come from
 ``loop.answer_spans``: ``candidates`` picks one of the passage's entity, number and content-word phrases;
-``llm`` asks the LLM for a phrase and keeps it only when it is a span of the passage. Error extrapolation keeps a
+``llm`` asks the LLM for a phrase and keeps it only when it is a span of the passage; ``train`` takes one of the
+train split's real answers for that passage (the paper and ZeroGen condition on real passage + answer pairs;
+those answers are annotations, so this mode uses more human labels than the others). Error extrapolation keeps a
 missed validation question's passage and answer and asks for another question with the same answer.
 
 The row's passage and answer come from the prompt, not from the LLM, so every synthetic answer is a span of its
@@ -25,7 +27,6 @@ from s3.parsing import normalize
 from s3.qa import QATask
 from s3.synthesis import Batch, Job, Synthesizer, derive_seed
 
-ANSWER_SPAN_MODES = ("candidates", "llm")
 STOPWORDS = frozenset(
     "a an the of in on at to for from by with and or but as is was were are be been being it its this that these "
     "those which who whom whose what when where why how he she they we you i his her their our your them him not "
@@ -99,14 +100,17 @@ class QASynthesizer(Synthesizer):
         filters: FilterChain,
         cfg: SyntheticLoopConfig,
         seed: int,
-        passages: Sequence[str],
+        train_rows: Sequence[dict[str, Any]],
     ):
+        """``train_rows``: the task's train split; its passages (and, for ``answer_spans=train``, its answer
+        spans) are what seed rows are written for. Its questions are never used."""
         super().__init__(llm, task, filters, cfg, seed)  # type: ignore[arg-type]
-        self.passages = sorted(set(passages))  # sorted: the same passages in the same order on every run
+        self.passages = sorted({r["context"] for r in train_rows})  # sorted: the same order on every run
+        self.train_answers: dict[str, list[tuple[int, str]]] = {}
+        for r in train_rows:
+            self.train_answers.setdefault(r["context"], []).append((int(r["answer_start"]), r["answer_text"]))
         if not self.passages:
             raise ValueError("QA synthesis needs passages (the train split's contexts)")
-        if cfg.answer_spans not in ANSWER_SPAN_MODES:
-            raise ValueError(f"loop.answer_spans must be one of {ANSWER_SPAN_MODES}, got {cfg.answer_spans!r}")
 
     def rationales(self) -> dict[str, Any]:
         return {}  # the paper's QA seed prompt has no rationale step
@@ -128,6 +132,9 @@ class QASynthesizer(Synthesizer):
         order = list(self.passages)
         rng.shuffle(order)
         chosen = [order[i % len(order)] for i in range(count)]
+        if self.cfg.answer_spans == "train":
+            picked = [rng.choice(self.train_answers[context]) for context in chosen]
+            return [(context, start, answer) for context, (start, answer) in zip(chosen, picked)], 0
         if self.cfg.answer_spans == "candidates":
             targets = []
             for context in chosen:

@@ -17,11 +17,13 @@ from conftest import read_jsonl, run_cli
 from s3.config import compose_config
 from s3.data import DataError, load_real_data, load_split
 from s3.embed import resolve_model
+from s3.filters import FilterChain
 from s3.llm import LLM, ChatRequest, Completion
 from s3.loop import run_experiment
+from s3.loop_config import loop_config
 from s3.qa import QATask, qa_scores
 from s3.qa_model import Windows, best_spans
-from s3.qa_synthesis import candidate_spans, parse_question
+from s3.qa_synthesis import QASynthesizer, candidate_spans, parse_question
 from s3.report import build_report
 
 CONTEXT = "The Tyne Bridge was opened in 1928 by King George V. It links Newcastle and Gateshead."
@@ -184,11 +186,25 @@ QA_TINY = [
 QA_SYNTHETIC = ["loop.seed_size=12", "loop.per_error=1", "loop.max_new_per_round=6"]
 
 
-@pytest.mark.parametrize("spans", ["candidates", "llm"])
-def test_qa_loop_writes_questions_for_real_passages_and_keeps_held_out_questions_unseen(
-    tmp_path, data_dir, spans
-) -> None:
-    cfg = compose_config([*QA_TINY, *QA_SYNTHETIC, "loop=s3", "loop.rounds=1", f"loop.answer_spans={spans}",
+@pytest.mark.parametrize("mode", ["candidates", "llm", "train"])
+def test_seed_answers_are_spans_of_train_passages(data_dir, mode) -> None:
+    cfg = compose_config(["task=adqa", "loop=zerogen", f"loop.answer_spans={mode}"])
+    task = instantiate(cfg.task)
+    train = load_split(task, "train", data_dir)
+    passages = [r["context"] for r in train]
+    llm = ScriptedQuestionLLM()
+    synth = QASynthesizer(llm, task, FilterChain([]), loop_config(cfg.loop), 0, train)
+    targets, missed = synth.answer_targets(20, round_=0, attempt=0)
+    assert len(targets) + missed == 20 and len({c for c, _, _ in targets}) == len(targets)  # passages spread out
+    assert all(c in passages and c[s:].startswith(a) and a.strip() for c, s, a in targets)
+    assert len(llm.prompts) == (20 if mode == "llm" else 0)
+    assert synth.answer_targets(20, round_=0, attempt=0) == (targets, missed)  # seeded
+    real_answers = {(r["context"], r["answer_start"], r["answer_text"]) for r in train}
+    assert (set(targets) <= real_answers) == (mode == "train")  # only `train` uses the annotated answers
+
+
+def test_qa_loop_writes_questions_for_real_passages_and_keeps_held_out_questions_unseen(tmp_path, data_dir) -> None:
+    cfg = compose_config([*QA_TINY, *QA_SYNTHETIC, "loop=s3", "loop.rounds=1", "loop.answer_spans=llm",
                           f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
     llm = ScriptedQuestionLLM()
     objective = run_experiment(cfg, run_dir=tmp_path / "run", llm=llm)
