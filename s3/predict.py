@@ -1,11 +1,12 @@
-"""Label new text with the classifier a run produced.
+"""Label new text with the classifier a run produced, or answer questions with its QA model.
 
     python -m s3.predict <run_dir or model dir> <file.jsonl|file.csv> [-o predictions.jsonl]
 
-The input needs the task's text columns (``text``, or ``text1`` and ``text2`` for pair tasks); other
-columns are ignored except ``id``, which is copied. One JSON object per input row comes out, in input order:
-its id and text, the predicted ``label`` name and ``probs`` (every label's probability), the same format as
-the run's own ``test_predictions.jsonl``.
+The input needs the task's text columns (``text``, or ``text1`` and ``text2`` for pair tasks; ``context`` and
+``question`` for extractive QA); other columns are ignored except ``id``, which is copied. One JSON object per
+input row comes out, in input order, in the format of the run's own ``test_predictions.jsonl``: its id and text,
+the predicted ``label`` name and ``probs`` (every label's probability); for QA its id, question and ``answer``
+(a span of its context).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from s3.artifacts import MODEL_DIR, prediction_rows
 from s3.atomic import atomic_write_jsonl
 from s3.classifier import META_FILE, Classifier
 from s3.config import UserError
+from s3.qa import QA_FIELDS
+from s3.qa_model import META_FILE as QA_META_FILE
+from s3.qa_model import QAModel
 
 FORMATS = (".jsonl", ".csv")
 
@@ -30,7 +34,7 @@ def model_dir(path: str | Path) -> Path:
     """The model folder itself, or ``<run_dir>/model``; one clear error when neither holds a classifier."""
     path = Path(path)
     for candidate in (path, path / MODEL_DIR):
-        if (candidate / META_FILE).is_file():
+        if (candidate / META_FILE).is_file() or (candidate / QA_META_FILE).is_file():
             return candidate
     if not path.exists():
         raise UserError(f"{path}: no such run dir")
@@ -87,6 +91,11 @@ def read_inputs(path: str | Path, fields: Sequence[str]) -> list[dict[str, Any]]
 
 def predict_file(model_path: str | Path, input_path: str | Path) -> list[dict[str, Any]]:
     folder = model_dir(model_path)
+    if (folder / QA_META_FILE).is_file():
+        rows = read_inputs(input_path, QA_FIELDS)
+        answers = QAModel.load(folder).predict(rows)
+        return [{**({"id": r["id"]} if "id" in r else {}), "question": r["question"], "answer": a}
+                for r, a in zip(rows, answers)]  # fmt: skip
     meta = json.loads((folder / META_FILE).read_text())
     rows = read_inputs(input_path, meta["fields"])  # before loading the model: bad input costs nothing
     clf = Classifier.load(folder)

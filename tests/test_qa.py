@@ -21,6 +21,7 @@ from s3.filters import FilterChain
 from s3.llm import LLM, ChatRequest, Completion
 from s3.loop import run_experiment
 from s3.loop_config import loop_config
+from s3.predict import predict_file
 from s3.qa import QATask, qa_scores
 from s3.qa_model import Windows, best_spans
 from s3.qa_synthesis import QASynthesizer, candidate_spans, parse_question
@@ -231,6 +232,13 @@ def test_qa_loop_writes_questions_for_real_passages_and_keeps_held_out_questions
     unseen += [r["question"] for r in load_split(task, "train", data_dir)]
     assert not any(q in p for p in llm.prompts for q in unseen)
     assert (tmp_path / "run" / "dataset" / "README.md").read_text().count("question-answering") == 1
+    # The saved QA model answers new questions as it answered the run's test questions (python -m s3.predict).
+    by_id = {r["id"]: r for r in load_split(task, "test", data_dir)}
+    predicted = read_jsonl(tmp_path / "run" / "test_predictions.jsonl")[:4]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({k: by_id[p["id"]][k] for k in ("id", "context", "question")}) + "\n"
+                                 for p in predicted))  # fmt: skip
+    assert predict_file(tmp_path / "run", questions) == predicted
     _, report = build_report([tmp_path / "run"], tmp_path / "report")  # QA runs get their own table: EM and F1
     assert "| adqa | s3 | 1 |" in report and "test EM (%)" in report and "acc" not in report.split("\n\n## ")[0]
 
