@@ -390,6 +390,22 @@ def optimizer_and_schedule(
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def lightning_trainer(cfg: SmallModelConfig, epochs: int, progress: bool) -> pl.Trainer:
+    """The Trainer every small model uses: no logger or checkpoints (the module keeps its best epoch itself)."""
+    return pl.Trainer(
+        max_epochs=epochs,
+        precision=cfg.precision,
+        accelerator="auto",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        num_sanity_val_steps=0,
+        deterministic=False,
+    )
+
+
 def scores(probs: np.ndarray, rows: Sequence[dict[str, Any]]) -> dict[str, float]:
     """Accuracy and macro-F1 (torchmetrics) of argmax predictions against the rows' gold labels."""
     preds = torch.as_tensor(probs.argmax(-1))
@@ -485,18 +501,7 @@ def train_classifier(
     if cfg.head_init == "probe" and isinstance(module.model, MeanPooledClassifier):
         init_head_from_probe(module.model, train_set, tokenizer, seed)
     epochs = cfg.epochs_for(len(train_rows))
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        precision=cfg.precision,
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        num_sanity_val_steps=0,
-        deterministic=False,
-    )
+    trainer = lightning_trainer(cfg, epochs, progress)
     start = time.perf_counter()
     trainer.fit(module, train_loader, eval_loader(val_set, tokenizer, cfg.eval_batch_size))
     seconds = time.perf_counter() - start

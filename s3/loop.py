@@ -111,6 +111,17 @@ def evaluate_qa(model: QAModel, real: RealData) -> tuple[dict[str, float], list[
     return metrics, errors, test_preds
 
 
+def training_facts(model: Any, n_train: int) -> dict[str, Any]:
+    """What a round's training took, for metrics.jsonl (a TrainedClassifier or a TrainedQAModel)."""
+    return {
+        "n_train": n_train,
+        "train_seconds": round(model.train_seconds, 2),
+        "train_examples_per_second": round(model.examples_per_second, 1),
+        "best_epoch": model.best_epoch,
+        "epochs": len(model.history),
+    }
+
+
 def train_and_evaluate(
     train_rows: Sequence[dict[str, Any]],
     real: RealData,
@@ -125,13 +136,7 @@ def train_and_evaluate(
     if is_qa(task):
         qa = train_qa_model(train_rows, real.selection, task.name, small, seed)  # best epoch on the held-out rows
         metrics, errors, answers = evaluate_qa(qa, real)
-        metrics.update(
-            n_train=len(train_rows),
-            train_seconds=round(qa.train_seconds, 2),
-            train_examples_per_second=round(qa.examples_per_second, 1),
-            best_epoch=qa.best_epoch,
-            epochs=len(qa.history),
-        )
+        metrics.update(training_facts(qa, len(train_rows)))
         recorder.log_epochs(round_, qa.history)
         if small.save:
             qa.meta["round"] = round_
@@ -140,13 +145,7 @@ def train_and_evaluate(
     assert isinstance(task, Task)
     clf = train_classifier(train_rows, real.selection, task, small, seed)  # best epoch on the held-out rows
     metrics, errors, test_probs = evaluate(clf, real)
-    metrics.update(
-        n_train=len(train_rows),
-        train_seconds=round(clf.train_seconds, 2),
-        train_examples_per_second=round(clf.examples_per_second, 1),
-        best_epoch=clf.best_epoch,
-        epochs=len(clf.history),
-    )
+    metrics.update(training_facts(clf, len(train_rows)))
     metrics.update({f"labels/{k}": v for k, v in label_counts(train_rows, task).items()})
     recorder.log_epochs(round_, clf.history)
     if small.save:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding
 
 from s3.atomic import atomic_dir
-from s3.classifier import BucketBatchSampler, SmallModelConfig, optimizer_and_schedule
+from s3.classifier import BucketBatchSampler, SmallModelConfig, lightning_trainer, optimizer_and_schedule
 from s3.embed import resolve_model
 from s3.qa import qa_scores
 
@@ -258,17 +258,7 @@ def train_qa_model(
         batch_sampler=BucketBatchSampler(train_set.lengths, cfg.batch_size, cfg.bucket_size, seed),
     )
     epochs = cfg.epochs_for(len(train_set))
-    trainer = pl.Trainer(
-        max_epochs=epochs,
-        precision=cfg.precision,
-        accelerator="auto",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        num_sanity_val_steps=0,
-    )
+    trainer = lightning_trainer(cfg, epochs, progress)
     start = time.perf_counter()
     trainer.fit(module, train_loader)
     seconds = time.perf_counter() - start
