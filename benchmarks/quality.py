@@ -32,14 +32,25 @@ from s3.data import Task, load_real_data, load_split, stratified_sample
 from s3.filters import Cleaner, CleaningConfig
 
 
-def multirun(out: Path, overrides: list[str], jobs: int) -> None:
-    """One Hydra multirun of run.py; skipped when ``out`` already holds all its finished runs (re-reporting)."""
-    if len(list(out.rglob("summary.json"))) >= jobs:
-        print(f"reusing {out}", flush=True)
-        return
-    cmd = [sys.executable, str(REPO_ROOT / "run.py"), "-m", *overrides, f"hydra.sweep.dir={out}"]
-    print("$", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+def multirun(out: Path, overrides: list[str], seeds: list[str], jobs_per_seed: int) -> None:
+    """Hydra multiruns of run.py, one per seed in ``out/seed<k>``: a seed whose runs all finished is reused, and
+    an interrupted one is re-run in its own dirs, where the harness resumes it (finished rounds, cached LLM
+    answers). So a benchmark killed midway continues where it stopped."""
+    for seed in seeds:
+        sweep_dir = out / f"seed{seed}"
+        if len(list(sweep_dir.rglob("summary.json"))) >= jobs_per_seed:
+            print(f"reusing {sweep_dir}", flush=True)
+            continue
+        cmd = [
+            sys.executable,
+            str(REPO_ROOT / "run.py"),
+            "-m",
+            *overrides,
+            f"seed={seed}",
+            f"hydra.sweep.dir={sweep_dir}",
+        ]
+        print("$", " ".join(cmd[1:]), flush=True)
+        subprocess.run(cmd, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
 EXPERIMENTS = REPO_ROOT / "conf" / "experiment"
@@ -132,32 +143,37 @@ def main() -> None:
     out = Path(args.out or REPO_ROOT / "outputs" / "bench_quality" / time.strftime("%Y-%m-%d_%H-%M-%S"))
     common = [
         f"task={args.task}",
-        f"seed={args.seeds}",
         f"loop.max_test={args.max_test}",
         "logger=none",
         "gap.vs_train=false",
         *args.extra.split(),
     ]
     start = time.perf_counter()
-    n_seeds = len(args.seeds.split(","))
+    seeds = args.seeds.split(",")
     methods = args.methods.split(",")
     if "gold" in methods:
         gold_rows = "null" if args.gold_rows == "all" else (args.gold_rows or args.budget)
-        multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={gold_rows}"], n_seeds)
+        multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={gold_rows}"], seeds, 1)
     baselines = [m for m in methods if m not in ("gold", "s3")]
     if baselines:  # one-shot methods: the whole budget in round 0
         multirun(
             out / "baselines",
             [*common, f"loop={','.join(baselines)}", f"loop.total_budget={args.budget}"],
-            n_seeds * len(baselines),
+            seeds,
+            len(baselines),
         )
     if "s3" in methods:
-        multirun(out / "s3", [*common, "loop=s3", *s3_args], n_seeds)
+        multirun(out / "s3", [*common, "loop=s3", *s3_args], seeds, 1)
     for key in keys:
-        multirun(out / f"ablation_{key}", [*common, *known[key][1]], n_seeds)
+        multirun(out / f"ablation_{key}", [*common, *known[key][1]], seeds, 1)
 
     # Classification: accuracy. Extractive QA (summaries with test_em): SQuAD F1, with EM beside it.
-    summaries = [(p, json.loads(p.read_text())) for p in sorted(out.rglob("summary.json"))]
+    summaries = [
+        (p, json.loads(p.read_text()))
+        for group in ["gold", "baselines", "s3", *(f"ablation_{k}" for k in keys)]
+        for seed in seeds
+        for p in sorted((out / group / f"seed{seed}").rglob("summary.json"))
+    ]
     qa = any("test_em" in summary for _, summary in summaries)
     metric, second, unit = ("f1", "em", "F1") if qa else ("acc", None, "acc")
     final: dict[str, list[float]] = defaultdict(list)
@@ -167,7 +183,7 @@ def main() -> None:
     curves: dict[int, list[float]] = defaultdict(list)
     sizes: dict[str, list[int]] = defaultdict(list)
     for summary_path, summary in summaries:
-        group = summary_path.parent.parent.name
+        group = summary_path.relative_to(out).parts[0]
         method = known[group.removeprefix("ablation_")][0] if group.startswith("ablation_") else summary["loop"]
         final[method].append(summary[f"test_{metric}"])
         if second:
