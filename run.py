@@ -9,6 +9,9 @@ from omegaconf import DictConfig
 
 from s3.config import refuse_secret_overrides  # (also registers the config resolvers)
 from s3.loop import UserError, run_experiment
+from s3.schemas import register as register_schemas
+
+register_schemas()  # task and llm schemas, as the loop's modules register theirs on import
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -60,6 +60,8 @@ def compose_config(overrides: list[str] | None = None):
     import s3.gap  # noqa: F401  (registers the gap schema)
     import s3.loop_config  # noqa: F401  (registers the loop schemas)
     import s3.tracking  # noqa: F401  (registers the logger schema)
+    from s3.schemas import register
 
+    register()  # the task and llm schemas
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         return compose("config", overrides=overrides or [])

@@ -51,7 +51,7 @@ class Task:
     text_columns: dict[str, str] = field(default_factory=dict)  # our field -> column in local files
     label_descriptions: dict[str, str] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)  # templates, see conf/prompts/ and s3/prompts.py
-    max_tokens: int = 160  # LLM tokens that fit one example (each task config sets its own)
+    max_tokens: int = 160  # LLM tokens that fit one example (a task config may set its own)
     hub: HubSource | None = None
 
     def __post_init__(self) -> None:

@@ -78,6 +78,40 @@ def test_wrong_types_and_unknown_loop_keys_fail_at_compose_time(override):
         compose_config([override])
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["llm.batch_size=big"],
+        ["llm.batchsize=8"],
+        ["llm=openai", "llm.max_retries=many"],
+        ["llm=smollm2_vllm", "llm.gpu_memory_utilization=half"],
+        ["task.max_tokens=many"],
+        ["task.labels=positive"],
+        ["task=adqa", "task.max_tokens=lots"],
+    ],
+)
+def test_wrong_types_and_unknown_task_and_llm_keys_fail_at_compose_time(overrides):
+    """The task and llm schemas (s3/schemas.py) type every argument of the class a preset names."""
+    with pytest.raises(Exception, match=overrides[-1].split("=")[0].replace(".", r"\.")):
+        compose_config(overrides)
+
+
+@pytest.mark.parametrize("group", ["task", "llm"])
+def test_task_and_llm_presets_set_only_what_differs_from_their_class(group):
+    """Every default lives in the class: a preset that repeats one (outside the copyable example) would drift."""
+    from omegaconf import OmegaConf
+
+    for name in options(group):
+        if name == "custom_example":  # a template that shows every key on purpose
+            continue
+        preset = OmegaConf.load(REPO / "conf" / group / f"{name}.yaml")
+        schema = compose_config([f"{group}={name}"])[group]
+        defaults = OmegaConf.to_container(OmegaConf.structured(type(OmegaConf.to_object(schema))))
+        assert "_target_" not in preset, name  # the schema names the class
+        repeated = [k for k in preset if k != "defaults" and k in defaults and defaults[k] == preset[k]]
+        assert not repeated, f"{group}/{name} repeats its class's defaults: {repeated}"
+
+
 @pytest.mark.parametrize("name", options("logger"))
 def test_logger_configs(name):
     assert "enabled" in compose_config([f"logger={name}"]).logger

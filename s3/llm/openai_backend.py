@@ -29,15 +29,15 @@ _RETRYABLE = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimi
 class OpenAIBackend(LLM):
     def __init__(
         self,
-        model: str,
+        model: str,  # the served model name
         base_url: str = "http://127.0.0.1:8000/v1",
-        api_key_env: str = "OPENAI_API_KEY",
+        api_key_env: str = "OPENAI_API_KEY",  # the env var holding the key (the key never goes in a config)
         max_concurrency: int = 16,
         max_retries: int = 4,
-        backoff_s: float = 0.5,
+        backoff_s: float = 0.5,  # exponential: 0.5, 1, 2, 4 s
         request_timeout_s: float = 120.0,
-        total_timeout_s: float = 3600.0,
-        structured_choices: bool = True,
+        total_timeout_s: float = 3600.0,  # bound on one generate() call
+        structured_choices: bool = True,  # vLLM structured_outputs {"choice": [...]}; free-text matching if rejected
     ) -> None:
         super().__init__()
         self.name = f"openai:{model}"  # not the URL: a restarted server on another port keeps its cache

@@ -60,12 +60,12 @@ class TransformersLLM(LLM):
 
     def __init__(
         self,
-        model: str = "embedded:smollm2",
-        dtype: str = "bfloat16",
-        batch_size: int = 32,
-        device: str = "auto",
-        chat_template: bool | None = None,
-        cache_dir: str | None = None,
+        model: str,  # a Hub id, a local checkpoint, or embedded:<name>
+        dtype: str = "bfloat16",  # faster than float32 on AVX512-BF16 CPUs; float32 is batch-invariant for greedy decoding
+        batch_size: int = 32,  # rows per generate() call
+        device: str = "auto",  # cuda if available, else cpu
+        chat_template: bool | None = None,  # None: the tokenizer's chat template when it has one
+        cache_dir: str | None = None,  # None: build_llm's cache_dir (embedded models are converted there)
     ) -> None:
         super().__init__()
         self.name = f"transformers:{model}"

@@ -35,7 +35,7 @@ class VLLMBackend(LLM):
         enable_prefix_caching: bool = True,
         seed: int = 0,
         chat_template: bool | None = None,
-        cpu_kvcache_space_gib: int = 2,
+        cpu_kvcache_space_gib: int = 2,  # VLLM_CPU_KVCACHE_SPACE, only if unset
         cache_dir: str | None = None,
         engine_kwargs: dict | None = None,
     ) -> None:
