@@ -19,6 +19,7 @@ from s3.filters import CleaningConfig
 SEED_PROMPTS = ("rationale", "zerogen", "goldgen")
 LABEL_CHECKS = ("none", "choice", "channel", "auto")
 ANSWER_SPANS = ("candidates", "llm", "train")
+ONE_SHOT = ("zerogen", "goldgen", "s3_no_extrapolation")  # methods that are defined by having no feedback rounds
 
 
 @dataclass
@@ -114,6 +115,11 @@ class SyntheticLoopConfig(LoopConfig):
         ):
             at_least(self, key, 1)
         at_least(self, "rounds", 0)
+        if self.name in ONE_SHOT and self.rounds > 0:  # it would be reported under a name that says no feedback
+            raise ValueError(
+                f"loop={self.name} has no error extrapolation, so loop.rounds must be 0, got {self.rounds}; for "
+                f"feedback rounds on its seed set use loop=s3 loop.seed_prompt={self.seed_prompt}"
+            )
         at_least(self, "overgenerate", 1.0)
         for key in ("min_source_similarity", "gold_check_min_accuracy"):
             within(self, key, 0.0, 1.0)

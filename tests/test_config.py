@@ -65,11 +65,14 @@ def test_loop_presets_hold_no_defaults_of_their_own():
         ("loop.answer_spans=random", "loop.answer_spans must be one of"),
         ("loop.selection_fraction=1.5", "loop.selection_fraction must be between"),
         ("loop.min_source_similarity=2", "loop.min_source_similarity must be between"),
+        ("loop=zerogen loop.rounds=1", "loop=zerogen has no error extrapolation"),
+        ("loop=goldgen loop.rounds=2", "loop=goldgen has no error extrapolation"),
+        ("loop=s3_no_extrapolation loop.rounds=1", "loop=s3_no_extrapolation has no error extrapolation"),
     ],
 )
 def test_out_of_range_loop_values_are_one_line_errors(override, message):
     with pytest.raises(UserError, match=message):
-        loop_config(compose_config([override]).loop)
+        loop_config(compose_config(override.split()).loop)
 
 
 @pytest.mark.parametrize("override", ["loop.rounds=two", "loop.typo=1", "loop.cleaning.leak_ngram=five"])
