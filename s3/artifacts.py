@@ -3,7 +3,9 @@
 ``<run_dir>/model/`` holds the latest round's best-epoch classifier (``s3.classifier.Classifier.load`` or
 ``python -m s3.predict``) and ``<run_dir>/test_predictions.jsonl`` its predictions on the run's test rows,
 in ``s3.predict``'s output format. ``<run_dir>/dataset/`` holds the final synthetic set as a Hugging Face
-``datasets`` folder (parquet + dataset card), ready for ``load_dataset`` or ``push_to_hub``.
+``datasets`` folder (parquet + dataset card), ready for ``load_dataset`` or ``push_to_hub``. Each round's new rows
+(with, for extrapolated rows, the validation error each was written from) and a sample of the answers the checks
+dropped (``rounds/round_<k>/dropped.jsonl``) are W&B Tables, to read rather than count.
 """
 
 from __future__ import annotations
@@ -31,6 +33,44 @@ PROVENANCE_COLUMNS = {
     "real validation row it was written like>",
     "prompt_hash": "hash of the prompt that produced it (the run's rounds/round_<k>/prompts.jsonl)",
 }
+
+
+def inspection_tables(
+    task: Task | QATask,
+    new_rows: Sequence[Mapping[str, Any]],
+    dropped: Sequence[Mapping[str, Any]],
+    sources: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, list[dict[str, Any]]]:
+    """A round's rows to look at: ``kept`` (its new rows; an extrapolated row beside the validation error it was
+    written like: the error's text, gold and predicted answer) and ``dropped`` (the sampled drops and why)."""
+    qa = isinstance(task, QATask)
+    errors = {e["id"]: e for e in sources}
+
+    def answer(row: Mapping[str, Any]) -> Any:
+        return row.get("answer_text") if qa else (task.labels[row["label"]] if "label" in row else None)
+
+    kept = []
+    for row in new_rows:
+        error = errors.get(str(row.get("source", "")).removeprefix("extrapolated-from-"), {})
+        kept.append(
+            {
+                **{k: row.get(k) for k in ("id", "round", "source")},
+                **{f: row[f] for f in task.fields},
+                "answer" if qa else "label": answer(row),
+                "source_text": task.text_of(error) if error else None,
+                "source_gold": (error.get("answer_text") if qa else error.get("label_text")) if error else None,
+                "source_pred": (error.get("pred") if qa else error.get("pred_text")) if error else None,
+            }
+        )
+    drops = [
+        {
+            **{k: row.get(k) for k in ("round", "source", "reason")},
+            "answer" if qa else "label": answer(row),
+            "text": task.text_of(row) if all(f in row for f in task.fields) else row.get("llm_text"),  # unparsable
+        }
+        for row in dropped
+    ]
+    return {"kept": kept, "dropped": drops}
 
 
 def prediction_rows(clf: Classifier, rows: Sequence[Mapping[str, Any]], probs: np.ndarray) -> list[dict[str, Any]]:

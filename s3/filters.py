@@ -4,7 +4,8 @@ A parsed LLM answer becomes a candidate row; the chain decides whether it joins 
 
     quality rules -> leak guard -> dedup -> source similarity -> gold label check -> LLM label check
 
-Every filter has one interface (``rows -> kept rows, drop counts``) and names the reasons it drops for; the
+Every filter has one interface (``split: rows -> kept rows, dropped rows with their reason``; calling it gives
+kept rows and drop counts) and names the reasons it drops for; the
 cheap text checks run first, the embedding checks next, LLM scoring last. ``build_filter_chain`` assembles the
 chain from the loop config; ``Cleaner`` is its text part (the first three), also used on the paper's data.
 """
@@ -44,13 +45,21 @@ class CleaningConfig:
     shingle_size: int = 3  # words per shingle for near-duplicate Jaccard
 
 
+Dropped = list[tuple[dict, str]]  # rows a filter dropped, each with its reason
+
+
 class RowFilter(ABC):
-    """One check: the rows it keeps (in order) and how many it dropped for each of its ``reasons``."""
+    """One check: the rows it keeps (in order) and the rows it drops, each under one of its ``reasons``."""
 
     reasons: tuple[str, ...]
 
     @abstractmethod
-    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]: ...
+    def split(self, rows: list[dict]) -> tuple[list[dict], Dropped]: ...
+
+    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]:
+        """Kept rows and drop counts by reason."""
+        kept, dropped = self.split(rows)
+        return kept, Counter(reason for _, reason in dropped)
 
 
 class FlagFilter(RowFilter):
@@ -65,10 +74,9 @@ class FlagFilter(RowFilter):
     @abstractmethod
     def keep(self, rows: Sequence[dict]) -> list[bool]: ...
 
-    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]:
+    def split(self, rows: list[dict]) -> tuple[list[dict], Dropped]:
         flags = self.keep(rows) if rows else []
-        dropped = flags.count(False)
-        return [r for r, ok in zip(rows, flags) if ok], Counter({self.reason: dropped} if dropped else {})
+        return [r for r, ok in zip(rows, flags) if ok], [(r, self.reason) for r, ok in zip(rows, flags) if not ok]
 
 
 class FilterChain(RowFilter):
@@ -88,14 +96,14 @@ class FilterChain(RowFilter):
             if hasattr(f, "add_existing"):
                 f.add_existing(rows)
 
-    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]:
-        drops: Counter[str] = Counter()
+    def split(self, rows: list[dict]) -> tuple[list[dict], Dropped]:
+        dropped: Dropped = []
         for f in self.filters:
             if not rows:
                 break
-            rows, dropped = f(rows)
-            drops.update(dropped)
-        return rows, drops
+            rows, out = f.split(rows)
+            dropped += out
+        return rows, dropped
 
 
 # ---- text checks ----------------------------------------------------------------------------------------
@@ -136,15 +144,15 @@ class QualityRules(RowFilter):
                 return "states_label"
         return None
 
-    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]:
-        kept, drops = [], Counter()
+    def split(self, rows: list[dict]) -> tuple[list[dict], Dropped]:
+        kept, dropped = [], []
         for row in rows:
             reason = self.reason(row)
             if reason:
-                drops[reason] += 1
+                dropped.append((row, reason))
             else:
                 kept.append(row)
-        return kept, drops
+        return kept, dropped
 
 
 class _NgramIndex:
@@ -242,21 +250,21 @@ class Deduplicator(RowFilter):
             norms = self._norms(row)
             self._register(norms, self._shingle_sets(norms), int(row.get("label", 0)))
 
-    def __call__(self, rows: list[dict]) -> tuple[list[dict], Counter[str]]:
-        kept, drops = [], Counter()
+    def split(self, rows: list[dict]) -> tuple[list[dict], Dropped]:
+        kept, dropped = [], []
         for row in rows:
             norms, label = self._norms(row), int(row.get("label", 0))
             seen = self.labels_by_key.get("\x1f".join(norms))
             if seen is not None:
-                drops["duplicate" if seen == label else "label_conflict"] += 1
+                dropped.append((row, "duplicate" if seen == label else "label_conflict"))
                 continue
             shingles = self._shingle_sets(norms)
             if self._near_duplicate(shingles):
-                drops["near_duplicate"] += 1
+                dropped.append((row, "near_duplicate"))
                 continue
             self._register(norms, shingles, label)
             kept.append(row)
-        return kept, drops
+        return kept, dropped
 
     def _norms(self, row: Mapping) -> list[str]:
         return [normalize(str(row.get(f) or "")) for f in self.fields]

@@ -24,7 +24,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from s3.artifacts import MODEL_DIR, card_facts, export_dataset, save_classifier, save_qa_model
+from s3.artifacts import (
+    MODEL_DIR,
+    card_facts,
+    export_dataset,
+    inspection_tables,
+    save_classifier,
+    save_qa_model,
+)
 from s3.atomic import atomic_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from s3.classifier import (
     Classifier,
@@ -183,11 +190,13 @@ def save_round(
     metrics: dict[str, Any],
     prompts: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    dropped: Sequence[dict[str, Any]] = (),
 ) -> None:
     """Write ``round_<k>/`` into a scratch folder, then rename it into place: a round is all there or absent."""
     with atomic_dir(rounds_dir / f"round_{k}") as partial:
         atomic_write_jsonl(partial / "train.jsonl", train_rows)
         atomic_write_jsonl(partial / "errors.jsonl", errors)
+        atomic_write_jsonl(partial / "dropped.jsonl", dropped)  # a sample per reason (synthesis.DROPPED_SAMPLE)
         atomic_write_jsonl(partial / "prompts.jsonl", [{"prompt_hash": h, "messages": m} for h, m in prompts.items()])
         for name, obj in (extra or {}).items():
             atomic_write_json(partial / name, obj)
@@ -265,8 +274,10 @@ def run_synthetic(
         usage_before: dict[str, Usage],
         started: float,
         extra: dict[str, Any] | None = None,
+        sources: Sequence[dict[str, Any]] = (),
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """Train from scratch on everything so far, evaluate, measure the gap, write the round."""
+        """Train from scratch on everything so far, evaluate, measure the gap, write the round (``sources``: the
+        validation errors this round extrapolated from)."""
         if L.free_llm_between_rounds:
             llm.close()
         metrics, errors = train_and_evaluate(train_rows, real, task, small, cfg.seed, k, run_dir, recorder)
@@ -286,7 +297,9 @@ def run_synthetic(
         if gap is not None:
             metrics.update(gap(train_rows))
         metrics["round_seconds"] = round(time.perf_counter() - started, 2)
-        save_round(rounds_dir, k, train_rows, errors, metrics, batch.prompts, extra)
+        save_round(rounds_dir, k, train_rows, errors, metrics, batch.prompts, extra, batch.dropped)
+        new_rows = [r for r in train_rows if r["round"] == k]
+        recorder.log_tables(k, inspection_tables(task, new_rows, batch.dropped, sources))
         recorder.log_round(metrics)
         recorder.log_artifact(rounds_dir / f"round_{k}" / "train.jsonl", f"synthetic-{k}")
         log.info(
@@ -335,7 +348,7 @@ def run_synthetic(
         started, before = time.perf_counter(), llm.usage()
         batch = synth.extrapolate(errors, round_=k, limit=room)
         train_rows = train_rows + with_ids(batch.rows, k, start=len(train_rows))
-        metrics, errors = finish_round(k, train_rows, batch, before, started)
+        metrics, errors = finish_round(k, train_rows, batch, before, started, sources=errors)
     export_dataset(train_rows, task, run_dir, card_facts(cfg, metrics))
     return metrics
 
@@ -520,7 +533,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
             group=wandb_group(cfg, task, llm_choice, variant),
             name=f"{task.name}-{cfg.loop.name}-{llm_choice}-s{cfg.seed}" + (f"[{variant}]" if variant else ""),
         )
-    recorder = RunRecorder(run_dir, wandb_run)
+    recorder = RunRecorder(run_dir, wandb_run, started=start)
     failed = False
     try:
         if isinstance(loop, GoldLoopConfig):
@@ -529,8 +542,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
         else:
             llm = llm or load_llm(cfg)
             final = run_synthetic(cfg, loop, task, small, real, run_dir, recorder, llm, gap_measure(cfg, task, real))
-            llm_totals = {
-                k: (round(v, 2) if isinstance(v, float) else v) for k, v in usage_totals(llm.usage()).as_dict().items()
+            llm_totals = {  # over every round, also those an earlier process of a resumed run did
+                k: round(sum(r.get(f"llm/{k}", 0) for r in recorder.rows), 2) for k in Usage().as_dict()
             }
         summary = {
             "task": task.name,
@@ -558,7 +571,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
             "n_gold_val": len(real.gold_val) + len(real.select),  # every gold label the run used
             "n_select": len(real.select),  # of which held out for model selection
             "n_test": len(real.test),
-            "wall_seconds": round(time.perf_counter() - start, 2),
+            "wall_seconds": recorder.run_seconds(),  # across resumes
         }
         summary["objective"] = objective(summary)
         recorder.write_summary(summary)

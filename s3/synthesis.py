@@ -12,7 +12,7 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,20 +47,33 @@ def label_quotas(
     return quotas
 
 
+DROPPED_SAMPLE = 20  # dropped answers kept per reason and round, to look at (rounds/round_<k>/dropped.jsonl, W&B)
+
+
 @dataclass
 class Batch:
-    """What one synthesis step produced: kept rows, drop counts by reason, the prompts it sent."""
+    """What one synthesis step produced: kept rows, drop counts by reason (and the first ``DROPPED_SAMPLE``
+    dropped answers of each reason, with it), the prompts it sent."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     drops: Counter = field(default_factory=Counter)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
     prompts: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     generated: int = 0
 
     def extend(self, other: Batch) -> None:
         self.rows += other.rows
         self.drops.update(other.drops)
+        self.add_dropped(other.dropped)
         self.prompts.update(other.prompts)
         self.generated += other.generated
+
+    def add_dropped(self, rows: Iterable[dict[str, Any]]) -> None:
+        shown = Counter(r["reason"] for r in self.dropped)
+        for row in rows:
+            if shown[row["reason"]] < DROPPED_SAMPLE:
+                shown[row["reason"]] += 1
+                self.dropped.append(row)
 
 
 @dataclass
@@ -293,29 +306,26 @@ class Synthesizer:
             )
             requests.append(ChatRequest.from_messages(job.messages, sampling))
             out.prompts[prompt_hash(job.messages)] = job.messages
-        candidates = []
+        candidates, unparsed = [], []
         for job, completions in zip(jobs, self.llm.generate(requests, call_site=call_site)):
+            provenance = {"round": round_, "source": job.source, "prompt_hash": prompt_hash(job.messages)}
             for completion in completions:
                 out.generated += 1
                 parsed = self.parse(job, completion.text)
                 if isinstance(parsed, str):
                     out.drops[parsed] += 1
+                    unparsed.append({**job.given, **provenance, "llm_text": completion.text, "reason": parsed})
                     continue
-                candidates.append(
-                    {
-                        **parsed,
-                        **job.given,
-                        "round": round_,
-                        "source": job.source,
-                        "prompt_hash": prompt_hash(job.messages),
-                        REFERENCE: job.reference,
-                    }
-                )
-        kept, drops = self.filters(candidates)
-        out.drops.update(drops)
+                candidates.append({**parsed, **job.given, **provenance, REFERENCE: job.reference})
+        kept, dropped = self.filters.split(candidates)
+        out.drops.update(reason for _, reason in dropped)
         for row in kept:
             del row[REFERENCE]
         out.rows = kept
+        out.add_dropped(unparsed)
+        out.add_dropped(
+            {**{k: v for k, v in row.items() if k != REFERENCE}, "reason": reason} for row, reason in dropped
+        )
         log.info(
             "%s (round %d, attempt %s): %d prompts -> %d answers -> %d kept; dropped %s",
             call_site,

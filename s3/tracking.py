@@ -9,6 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
+import string
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from s3.atomic import atomic_write_json, atomic_write_jsonl, read_jsonl
+from s3.atomic import atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from s3.config import URL_CREDENTIALS, is_secret_key
 
 log = logging.getLogger(__name__)
@@ -49,22 +52,44 @@ class RunRecorder:
     it stays small (one line per round).
     """
 
-    def __init__(self, run_dir: str | Path, wandb_run: Any = None):
+    def __init__(self, run_dir: str | Path, wandb_run: Any = None, started: float | None = None):
         self.run_dir = Path(run_dir)
         self.wandb_run = wandb_run
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.rows: list[dict[str, Any]] = read_jsonl(self.metrics_path) if self.metrics_path.exists() else []
+        # a resumed run counts the time of the processes before it (up to their last logged round)
+        self.prior_seconds = float(self.rows[-1].get("run_seconds", 0.0)) if self.rows else 0.0
+        self.started = time.perf_counter() if started is None else started  # this process's start
         epochs_path = self.run_dir / "epochs.jsonl"
         self.epoch_rows: list[dict[str, Any]] = read_jsonl(epochs_path) if epochs_path.exists() else []
 
+    def run_seconds(self) -> float:
+        """Wall time of the run so far, across resumes."""
+        return round(self.prior_seconds + time.perf_counter() - self.started, 2)
+
     def log_round(self, row: Mapping[str, Any]) -> None:
-        row = dict(row)
+        row = {**row, "run_seconds": row.get("run_seconds", self.run_seconds())}
         self.rows = [r for r in self.rows if r.get("round") != row.get("round")] + [row]
         atomic_write_jsonl(self.metrics_path, self.rows)
         if self.wandb_run is not None:
             self.wandb_run.log(
                 {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             )
+
+    def log_tables(self, round_: int, tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+        """Rows to read, as W&B Tables ``rows/round_<k>/<name>`` (logged with the round's metrics)."""
+        if self.wandb_run is None:
+            return
+        import wandb
+
+        logged = {}
+        for name, rows in tables.items():
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            if columns:
+                data = [[row.get(c) for c in columns] for row in rows]
+                logged[f"rows/round_{round_}/{name}"] = wandb.Table(columns=columns, data=data)
+        if logged:
+            self.wandb_run.log(logged, commit=False)
 
     def log_epochs(self, round_: int, history: Sequence[Mapping[str, Any]]) -> None:
         """A round's training curve: ``epochs.jsonl`` in the run dir, and per round one W&B series of train loss
@@ -143,14 +168,27 @@ def wandb_mode(configured: str | None) -> str:
     return configured or os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_SWEEP_ID") else "offline")
 
 
+WANDB_RUN_ID = "wandb_run_id"  # in the run dir: a resumed run continues the same W&B run
+RUN_ID_CHARS = string.ascii_lowercase + string.digits  # what W&B's own run ids are made of
+
+
 def start_wandb(logger_cfg: DictConfig, config: dict[str, Any], run_dir: Path, name: str, group: str) -> Any:
-    """One W&B run per Hydra job (mode: ``wandb_mode``); files inside the run dir."""
+    """One W&B run per run dir (mode: ``wandb_mode``); files inside the run dir. Its id is kept there, so a
+    resumed run continues the same W&B run instead of starting one without the earlier rounds."""
     import wandb
 
     os.environ["WANDB_MODE"] = wandb_mode(logger_cfg.get("mode"))
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ["WANDB_DIR"] = str(run_dir)  # offline runs land in <run_dir>/wandb/
+    id_path = run_dir / WANDB_RUN_ID
+    if id_path.is_file():
+        run_id = id_path.read_text().strip()
+    else:  # a sweep agent names the run it created for this job
+        run_id = os.environ.get("WANDB_RUN_ID") or "".join(secrets.choice(RUN_ID_CHARS) for _ in range(8))
+        atomic_write_text(id_path, run_id + "\n")
     run = wandb.init(
+        id=run_id,
+        resume="allow",
         project=logger_cfg.project,
         entity=logger_cfg.get("entity"),
         group=logger_cfg.get("group") or group,

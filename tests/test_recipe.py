@@ -19,7 +19,7 @@ import s3.loop
 from conftest import read_jsonl
 from s3.config import UserError, compose_config
 from s3.filters import GoldLabelCheck
-from s3.llm import LLM, ChatRequest, Completion
+from s3.llm import LLM, ChatRequest, Completion, usage_totals
 from s3.loop import run_experiment
 
 WORDS = {
@@ -197,3 +197,78 @@ def test_a_run_dir_is_resumed_only_with_its_own_config(tmp_path, data_dir) -> No
     llm = ScriptedSentimentLLM()
     run_experiment(compose_config(base), run_dir=run_dir, llm=llm)  # the same config resumes: round 0 is done
     assert not llm.prompts
+
+
+class RefusingLLM(ScriptedSentimentLLM):
+    """Like the scripted LLM, but every third example it writes is a refusal (the quality rules drop it)."""
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        out = super()._generate_units(units)
+        return [
+            Completion("I'm sorry, but I cannot write that review.", 10, 10, "stop")
+            if u.choices is None and not u.messages[-1].content.startswith("List") and i % 3 == 0
+            else c
+            for i, (u, c) in enumerate(zip(units, out))
+        ]
+
+
+def test_a_resumed_run_continues_its_wandb_run_with_tables_of_rows_and_drops(tmp_path, data_dir, monkeypatch) -> None:
+    """A run killed after round 0 and resumed is one W&B run (one id) whose summary counts both processes; each
+    round logs its new rows (extrapolated ones beside their source error) and its dropped answers as Tables."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_config(
+        [
+            *[o for o in TINY if o != "logger=none"],
+            "logger=wandb",
+            "loop=s3",
+            "loop.rounds=1",
+            f"paths.data_dir={data_dir}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ]
+    )
+    run_dir = tmp_path / "run"
+    extrapolate = s3.loop.Synthesizer.extrapolate
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt  # the process dies in round 1, after round 0 was written
+
+    monkeypatch.setattr(s3.loop.Synthesizer, "extrapolate", killed)
+    first = RefusingLLM()
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, run_dir=run_dir, llm=first)
+    monkeypatch.setattr(s3.loop.Synthesizer, "extrapolate", extrapolate)
+    second = RefusingLLM()
+    run_experiment(cfg, run_dir=run_dir, llm=second)
+
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    offline = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(d.name.endswith(f"-{run_id}") for d in offline)  # one W&B run, two parts
+
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    requests = [m["llm/requests"] for m in metrics]
+    assert summary["llm"]["requests"] == sum(requests) > usage_totals(second.usage()).requests  # both processes
+    assert summary["wall_seconds"] >= metrics[-1]["run_seconds"] > metrics[0]["run_seconds"] > 0
+
+    dropped = read_jsonl(run_dir / "rounds" / "round_0" / "dropped.jsonl")
+    refusals = [d for d in dropped if d["reason"] == "refusal"]
+    assert refusals and all("cannot write" in d["text"] and d["source"] == "rationale" for d in refusals)
+
+    def table(part: Path, name: str) -> list[dict]:
+        path = next(part.glob(f"files/media/table/rows/{name}_*.table.json"))
+        t = json.loads(path.read_text())
+        return [dict(zip(t["columns"], row)) for row in t["data"]]
+
+    assert len(table(offline[0], "round_0/kept")) == metrics[0]["n_new"]
+    assert {r["reason"] for r in table(offline[0], "round_0/dropped")} >= {"refusal"}
+    errors = {e["id"]: e for e in read_jsonl(run_dir / "rounds" / "round_0" / "errors.jsonl")}
+    kept_1 = table(offline[1], "round_1/kept")
+    assert len(kept_1) == metrics[1]["n_new"] > 0
+    for row in kept_1:
+        error = errors[row["source"].removeprefix("extrapolated-from-")]
+        assert (row["source_text"], row["source_gold"], row["source_pred"]) == (
+            error["text"],
+            error["label_text"],
+            error["pred_text"],
+        )
+        assert row["label"] == error["label_text"]
