@@ -52,7 +52,7 @@ from s3.qa import QATask, exact_match, qa_scores
 from s3.qa_model import QAModel, train_qa_model
 from s3.qa_synthesis import QASynthesizer
 from s3.synthesis import Synthesizer
-from s3.tracking import RunRecorder, flatten, resolved_config, start_wandb
+from s3.tracking import RunRecorder, flatten, resolved_config, start_wandb, wandb_config
 
 log = logging.getLogger(__name__)
 
@@ -528,7 +528,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
     if cfg.logger.enabled:
         wandb_run = start_wandb(
             cfg.logger,
-            config,
+            wandb_config(config, choices),
             run_dir,
             group=wandb_group(cfg, task, llm_choice, variant),
             name=f"{task.name}-{cfg.loop.name}-{llm_choice}-s{cfg.seed}" + (f"[{variant}]" if variant else ""),

@@ -172,9 +172,18 @@ WANDB_RUN_ID = "wandb_run_id"  # in the run dir: a resumed run continues the sam
 RUN_ID_CHARS = string.ascii_lowercase + string.digits  # what W&B's own run ids are made of
 
 
+def wandb_config(config: Mapping[str, Any], choices: Mapping[str, str]) -> dict[str, Any]:
+    """The run config as W&B keeps it: the preset chosen in each config group (``loop: s3``), then every setting
+    under its dotted key (``loop.rounds: 2``). Flat, because a W&B sweep agent writes its parameters over the
+    config by key: a nested ``loop`` dict would be replaced by the swept ``loop: gold`` and lose every setting."""
+    groups = {k: v for k, v in choices.items() if "/" not in k and not k.startswith("hydra") and v is not None}
+    return {**groups, **flatten(config)}
+
+
 def start_wandb(logger_cfg: DictConfig, config: dict[str, Any], run_dir: Path, name: str, group: str) -> Any:
     """One W&B run per run dir (mode: ``wandb_mode``); files inside the run dir. Its id is kept there, so a
-    resumed run continues the same W&B run instead of starting one without the earlier rounds."""
+    resumed run continues the same W&B run instead of starting one without the earlier rounds. ``config``: the
+    flat :func:`wandb_config`."""
     import wandb
 
     os.environ["WANDB_MODE"] = wandb_mode(logger_cfg.get("mode"))
@@ -193,7 +202,7 @@ def start_wandb(logger_cfg: DictConfig, config: dict[str, Any], run_dir: Path, n
         entity=logger_cfg.get("entity"),
         group=logger_cfg.get("group") or group,
         name=name,
-        job_type=config.get("loop", {}).get("name"),
+        job_type=config.get("loop.name"),
         tags=list(logger_cfg.get("tags") or []),
         config=config,
         dir=str(run_dir),

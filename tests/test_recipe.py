@@ -272,3 +272,26 @@ def test_a_resumed_run_continues_its_wandb_run_with_tables_of_rows_and_drops(tmp
             error["pred_text"],
         )
         assert row["label"] == error["label_text"]
+
+
+def test_a_sweep_agents_parameters_leave_the_rest_of_the_config_in_wandb(tmp_path, data_dir, monkeypatch) -> None:
+    """`wandb agent` writes the swept parameters over the run's W&B config by key (here the group choice
+    `loop: goldgen`): every other loop setting must still be there."""
+    import wandb
+
+    wandb.teardown()  # W&B reads the agent's environment when it is first set up: as in a fresh agent process
+    params = tmp_path / "sweep_params.yaml"
+    params.write_text("wandb_version: 1\n\nloop:\n  value: goldgen\nloop.seed_size:\n  value: 16\n")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SWEEP_ID", "sweep123")  # what the agent sets for the runs it starts
+    monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", str(params))
+    runs = []
+    start = s3.loop.start_wandb
+    monkeypatch.setattr(s3.loop, "start_wandb", lambda *a, **k: runs.append(start(*a, **k)) or runs[-1])
+    overrides = [o for o in TINY if o != "logger=none"] + ["logger=wandb", "loop=goldgen", "loop.seed_size=16"]
+    cfg = compose_config([*overrides, f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'c'}"])
+    run_experiment(cfg, run_dir=tmp_path / "run", llm=ScriptedSentimentLLM())
+    wandb.teardown()
+    config = dict(runs[0].config)
+    assert config["loop"] == "goldgen" and config["loop.seed_size"] == 16
+    assert config["loop.rounds"] == 0 and config["loop.num_gold_val"] == 24 and config["task.name"] == "sst2"
