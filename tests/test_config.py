@@ -126,19 +126,44 @@ def test_unknown_task_lists_choices():
 
 
 @pytest.mark.parametrize("sweep", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
-def test_sweep_parameters_are_config_keys(sweep):
-    """Every value a W&B sweep can hand run.py composes (a renamed config key would fail every agent run)."""
+def test_every_run_a_wandb_sweep_proposes_composes(sweep):
+    """W&B's own sweep engine (the open-source `sweeps` package the server runs) validates the sweep and proposes
+    its runs; each proposal, formatted as `wandb agent` hands it to run.py, composes into a valid config."""
+    import json
+    import random
+
+    import sweeps
     import yaml
     from omegaconf import OmegaConf
+    from sweeps import RunState, SweepRun
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-    params = yaml.safe_load(sweep.read_text())["parameters"]
-    for key, spec in params.items():
-        candidates = spec.get("values") or [spec[k] for k in ("value", "min", "max") if k in spec]
-        for value in candidates:
-            value_str = str(value).lower() if isinstance(value, bool) else str(value)
-            cfg = compose_config([f"{key}={value_str}"])
-            if key not in ("task", "loop", "llm", "small_model", "logger", "gap"):  # groups select a file
-                assert OmegaConf.select(cfg, key) == value, (sweep.name, key, value)
+    config = yaml.safe_load(sweep.read_text())
+    assert not sweeps.schema_violations_from_proposed_config(config)
+    rng, runs, seen = random.Random(0), [], set()
+    for _ in range(60 if config["method"] == "grid" else 20):
+        proposal = sweeps.next_run(config, runs, validate=True)
+        if proposal is None:  # a grid is exhausted
+            break
+        params = json.loads(json.dumps(proposal.config, default=lambda v: v.item()))  # as the server sends it
+        args = create_sweep_command_args({"args": params})["args_no_hyphens"]
+        cfg = compose_config(args)
+        loop_config(cfg.loop)
+        instantiate(cfg.task)
+        for key, spec in params.items():
+            if "." in key:  # a setting (a bare key selects a group's preset)
+                assert OmegaConf.select(cfg, key) == spec["value"], (sweep.name, args)
+        seen.add(tuple(args))
+        score = rng.random()
+        runs.append(SweepRun(config=proposal.config, state=RunState.finished, summary_metrics={"select_acc": score},
+                             history=[{"select_acc": score}]))  # fmt: skip
+    if config["method"] == "grid":
+        grid = 1
+        for spec in config["parameters"].values():
+            grid *= len(spec.get("values", [None]))
+        assert len(seen) == len(runs) == grid
+    else:  # a search proposes on and on, seldom twice the same
+        assert len(runs) == 20 and len(seen) > 15
 
 
 @pytest.mark.parametrize("name", options("experiment"))
@@ -200,3 +225,34 @@ def test_third_party_chatter_is_muted_unless_verbose():
     quiet_libraries()
     assert logging.getLogger("pytorch_lightning").getEffectiveLevel() == logging.WARNING
     assert compose_config().verbose is False
+
+
+@pytest.mark.parametrize("name", options("hparams_search"))
+def test_hparams_search_presets_are_optuna_sweeps_over_valid_settings(name):
+    """A server-free search (conf/hparams_search): the Optuna sweeper is installed, its sampler is seeded from the
+    config, and every value its search space can propose composes into a valid loop."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep
+    from hydra.types import RunMode
+    from hydra.utils import get_class
+
+    compose_config()  # registers the schemas
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"hparams_search={name}", "seed=7"], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    assert cfg.hydra.mode == RunMode.MULTIRUN and get_class(sweeper._target_).__name__ == "OptunaSweeper"
+    assert sweeper.direction == "maximize" and sweeper.sampler.seed == 7  # seeded from the config
+    parser = OverridesParser.create()
+    for key, space in sweeper.params.items():
+        sweep = parser.parse_override(f"{key}={space}").value()
+        if isinstance(sweep, ChoiceSweep):
+            values = list(sweep.list)
+        else:
+            assert isinstance(sweep, IntervalSweep)
+            values = [int(sweep.start), int(sweep.end)]
+        for value in values:
+            loop = loop_config(
+                compose_config([f"{key}={str(value).lower() if isinstance(value, bool) else value}"]).loop
+            )
+            assert getattr(loop, key.split(".")[-1]) == value
