@@ -4,7 +4,9 @@
 
 A run dir is any folder containing both ``summary.json`` and ``metrics.jsonl`` (as written by run.py); the
 inputs are searched recursively, so a Hydra multirun dir, a sweep's output root or single run dirs all work.
-Runs are grouped by task (``summary["task"]``) and method (``summary["loop"]``); seeds are averaged.
+Runs are grouped by task (``summary["task"]``) and method (``summary["loop"]``); seeds are averaged. Runs of one
+task and method whose configs differ in anything but the seed (and paths, logging) are kept apart, labelled by the
+keys that differ (``s3 [loop.per_error=2]``), and the report says which keys those are.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 TASK_ORDER = ("sst2", "imdb", "rte", "qnli", "adqa")
 METHOD_ORDER = ("s3", "zerogen", "goldgen", "gold")
 CURVE_PREFIXES = ("gap/", "gap_train/", "div/")
+NOT_A_SETTING = ("seed", "verbose", "paths.", "logger.")  # config keys that do not make runs different methods
 
 
 @dataclass
@@ -96,7 +99,46 @@ def load_run(run_dir: Path) -> Run:
 
 
 def load_runs(inputs: Sequence[str | Path]) -> list[Run]:
-    return [load_run(d) for d in find_run_dirs(inputs)]
+    runs = [load_run(d) for d in find_run_dirs(inputs)]
+    for run, label in zip(runs, setting_labels(runs)):
+        if label:
+            run.method = f"{run.summary.get('loop', '?')} [{label}]"
+    return runs
+
+
+def _settings(run: Run) -> dict[str, str] | None:
+    """The run's config (``config.yaml``) as dotted keys -> values, without what does not define a method."""
+    path = run.path / "config.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    from s3.tracking import flatten
+
+    flat = flatten(OmegaConf.to_container(OmegaConf.load(path)))  # type: ignore[arg-type]
+    return {k: json.dumps(v) for k, v in flat.items() if not k.startswith(NOT_A_SETTING)}
+
+
+def setting_labels(runs: Sequence[Run]) -> list[str]:
+    """Per run, the settings in which it differs from other runs of its task and method (``key=value, ...``);
+    empty where they all agree. Runs without a config.yaml keep their summary's ``variant``."""
+    settings = [_settings(r) for r in runs]
+    keys_by_group: dict[tuple[str, str], set[str]] = defaultdict(set)
+    members: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, r in enumerate(runs):
+        members[(r.task, str(r.summary.get("loop")))].append(i)
+    for group, idx in members.items():
+        known = [settings[i] for i in idx if settings[i] is not None]
+        keys = set().union(*known) if known else set()
+        keys_by_group[group] = {k for k in keys if len({s.get(k) for s in known}) > 1}  # type: ignore[union-attr]
+    labels = []
+    for i, r in enumerate(runs):
+        keys, own = sorted(keys_by_group[(r.task, str(r.summary.get("loop")))]), settings[i]
+        if own is None or not keys:
+            labels.append(str(r.summary.get("variant") or ""))
+        else:
+            labels.append(", ".join(f"{k}={json.loads(own[k]) if k in own else None}" for k in keys))
+    return labels
 
 
 def _num(x: object) -> float | None:
@@ -246,6 +288,14 @@ def _slug(key: str) -> str:
     return key.replace("/", "_")
 
 
+def differing_note(runs: Sequence[Run]) -> list[str]:
+    """A line naming the settings that split runs of one method, when any do."""
+    labelled = sorted({r.method for r in runs if "[" in r.method})
+    if not labelled:
+        return []
+    return [f"Runs of one method with different settings are shown apart: {'; '.join(labelled)}.", ""]
+
+
 def build_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None) -> tuple[Path, str]:
     """Write ``report.md`` and PNGs into ``out_dir`` (default: the single input, or the inputs' common parent).
 
@@ -289,6 +339,7 @@ def build_report(inputs: Sequence[str | Path], out_dir: str | Path | None = None
             "",
             markdown_table(table),
             "",
+            *differing_note(runs),
             "Mean ± sample std over seeds of each run's final `summary.json`. "
             "*Synthetic examples* is the mean final `n_train` (for `gold`, the number of gold training examples).",
             "",

@@ -179,3 +179,25 @@ def test_report_keeps_variants_of_a_method_apart(tmp_path):
     table = {row["method"]: row for row in summary_table(load_runs([tmp_path]))}
     assert set(table) == {"s3 [loop.per_error=1]", "s3 [loop.per_error=2]"}
     assert table["s3 [loop.per_error=2]"]["n_runs"] == 2
+
+
+def test_report_splits_a_method_by_every_setting_its_runs_differ_in(tmp_path):
+    """Two commands with different settings (no sweep, so no `variant`) are not averaged as if seeds."""
+    for per_error, rounds, seed, acc in ((1, 2, 0, 0.7), (2, 2, 0, 0.8), (2, 2, 1, 0.9), (2, 3, 0, 0.6)):
+        d = tmp_path / f"run-{per_error}-{rounds}-{seed}"
+        d.mkdir()
+        (d / "config.yaml").write_text(
+            f"task:\n  name: sst2\nloop:\n  name: s3\n  per_error: {per_error}\n  rounds: {rounds}\nseed: {seed}\n"
+            f"paths:\n  data_dir: /data/{seed}\n"  # where the data was is not a setting
+        )
+        (d / "summary.json").write_text(json.dumps({"task": "sst2", "loop": "s3", "seed": seed, "test_acc": acc}))
+        (d / "metrics.jsonl").write_text(json.dumps({"round": 0, "test_acc": acc}) + "\n")
+    table = {row["method"]: row for row in summary_table(load_runs([tmp_path]))}
+    assert set(table) == {
+        "s3 [loop.per_error=1, loop.rounds=2]",
+        "s3 [loop.per_error=2, loop.rounds=2]",
+        "s3 [loop.per_error=2, loop.rounds=3]",
+    }
+    assert table["s3 [loop.per_error=2, loop.rounds=2]"]["n_runs"] == 2
+    _, md = build_report([tmp_path])
+    assert "shown apart: s3 [loop.per_error=1, loop.rounds=2]" in md
