@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -25,6 +26,40 @@ def default_data_dir() -> str:
 
 if not OmegaConf.has_resolver("s3_default_data_dir"):
     OmegaConf.register_new_resolver("s3_default_data_dir", default_data_dir)
+
+
+def swept_keys(overrides: Sequence[str]) -> set[str]:
+    """The keys a multirun sweeps over (``a=1,2``, ``range(...)``, ...), as Hydra parses them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {
+        o.get_key_element() for o in OverridesParser.create().parse_overrides(list(overrides)) if o.is_sweep_override()
+    }
+
+
+def variant_of(overrides: Sequence[str], swept: set[str] | None) -> str:
+    """``overrides`` minus task, loop and seed, and minus those not swept (when ``swept`` is known)."""
+    keep = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if key.lstrip("+~") in ("task", "loop", "seed") or (swept is not None and key not in swept):
+            continue
+        keep.append(override.lstrip("+"))
+    return ",".join(sorted(keep))
+
+
+def sweep_variant(sweep_dir: str, overrides: Sequence[str]) -> str:
+    """``_<swept overrides>`` of one multirun job (``_loop.per_error=2``), for its dir name; empty when its sweep
+    varies nothing beyond task, loop and seed, or is not one whose sweep Hydra records (``multirun.yaml``)."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return ""
+    variant = variant_of(list(overrides), swept_keys(OmegaConf.load(path).hydra.overrides.task))
+    return "_" + re.sub(r"[^\w.=,+-]", "-", variant)[:120] if variant else ""
+
+
+if not OmegaConf.has_resolver("s3_sweep_variant"):
+    OmegaConf.register_new_resolver("s3_sweep_variant", sweep_variant)
 
 
 SECRET_MARKERS = ("key", "token", "secret", "password")

@@ -41,7 +41,7 @@ from s3.classifier import (
     small_model_config,
     train_classifier,
 )
-from s3.config import UserError
+from s3.config import UserError, swept_keys, variant_of
 from s3.console import quiet_libraries
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
 from s3.filters import GoldLabelCheck, build_filter_chain, drop_columns
@@ -452,26 +452,6 @@ def run_variant() -> str:
     else:
         return ""
     return variant_of(list(hydra_cfg.overrides.task), swept)
-
-
-def swept_keys(overrides: Sequence[str]) -> set[str]:
-    """The keys a multirun sweeps over (``a=1,2``, ``range(...)``, ...), as Hydra parses them."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return {
-        o.get_key_element() for o in OverridesParser.create().parse_overrides(list(overrides)) if o.is_sweep_override()
-    }
-
-
-def variant_of(overrides: Sequence[str], swept: set[str] | None) -> str:
-    """``overrides`` minus task, loop and seed, and minus those not swept (when ``swept`` is known)."""
-    keep = []
-    for override in overrides:
-        key = override.split("=", 1)[0]
-        if key.lstrip("+~") in ("task", "loop", "seed") or (swept is not None and key not in swept):
-            continue
-        keep.append(override.lstrip("+"))
-    return ",".join(sorted(keep))
 
 
 def wandb_group(cfg: DictConfig, task: Task, llm_choice: str, variant: str) -> str:

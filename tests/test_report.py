@@ -154,7 +154,7 @@ def test_cli_no_runs(tmp_path: Path) -> None:
 
 
 def test_runs_of_one_sweep_are_told_apart_by_what_was_swept():
-    from s3.loop import swept_keys, variant_of
+    from s3.config import swept_keys, variant_of
 
     swept = swept_keys(["task=sst2", "loop=s3,zerogen", "loop.per_error=1,2", "seed=0,1", "loop.max_test=300"])
     assert swept == {"loop", "loop.per_error", "seed"}
@@ -201,3 +201,18 @@ def test_report_splits_a_method_by_every_setting_its_runs_differ_in(tmp_path):
     assert table["s3 [loop.per_error=2, loop.rounds=2]"]["n_runs"] == 2
     _, md = build_report([tmp_path])
     assert "shown apart: s3 [loop.per_error=1, loop.rounds=2]" in md
+
+
+def test_a_sweep_jobs_dir_names_what_the_sweep_varies(tmp_path):
+    """conf/config.yaml's sweep subdir: `<num>_<task>_<loop>_seed<k>` plus the job's swept overrides."""
+    from omegaconf import OmegaConf
+
+    from s3.config import sweep_variant
+
+    assert sweep_variant(str(tmp_path), ["loop.per_error=2"]) == ""  # no multirun.yaml: not a recorded sweep
+    sweep = ["task=sst2", "loop=s3,zerogen", "loop.per_error=1,2", "seed=0,1", "paths.data_dir=/x/y"]
+    OmegaConf.save({"hydra": {"overrides": {"task": sweep}}}, tmp_path / "multirun.yaml")
+    job = ["task=sst2", "loop=s3", "loop.per_error=2", "seed=1", "paths.data_dir=/x/y"]
+    assert sweep_variant(str(tmp_path), job) == "_loop.per_error=2"
+    OmegaConf.save({"hydra": {"overrides": {"task": ["paths.data_dir=/a,/b/c"]}}}, tmp_path / "multirun.yaml")
+    assert sweep_variant(str(tmp_path), ["paths.data_dir=/b/c"]) == "_paths.data_dir=-b-c"  # no folders in a name
