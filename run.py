@@ -7,7 +7,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from s3.config import refuse_secret_overrides  # (also registers the config resolvers)
+from s3.config import check_overrides, refuse_secret_overrides  # (also registers the config resolvers)
 from s3.loop import UserError, run_experiment
 from s3.schemas import register as register_schemas
 
@@ -29,6 +29,7 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     try:
         refuse_secret_overrides(sys.argv[1:])  # before Hydra writes them anywhere
+        check_overrides(sys.argv[1:])  # a bad option or value: one line, before Hydra makes a run dir
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

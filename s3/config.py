@@ -87,6 +87,39 @@ def refuse_secret_overrides(overrides: list[str]) -> None:
             )
 
 
+def check_overrides(args: list[str]) -> None:
+    """A single run's command line composed and its settings checked before Hydra writes anything (an unknown
+    option, a wrong type, a value out of range): one ``UserError`` line instead of Hydra's multi-line report, and
+    no run dir. Sweeps and Hydra flags (``-m``, ``--cfg``) are left to Hydra, which checks each job itself."""
+    if any(a.startswith("-") for a in args):
+        return
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        cfg = compose_config(args)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(one_line(err)) from None
+    from s3.classifier import small_model_config
+    from s3.loop_config import loop_config
+
+    loop_config(cfg.loop)  # ranges: one UserError line each
+    small_model_config(cfg.small_model)
+
+
+def one_line(err: BaseException) -> str:
+    """Hydra's composition error as one line: what failed, why (its cause), and the options there are."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    head = lines[0] if lines else type(err).__name__
+    if "Available options" in str(err):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
+        options = [o for o in lines[start + 1 :] if not o.startswith(("Config search path", "provider="))]
+        head += f" (options: {', '.join(o for o in options if not o.endswith('schema'))})"
+    elif err.__cause__ is not None:
+        head += f": {str(err.__cause__).strip().splitlines()[0]}"
+    return head
+
+
 def compose_config(overrides: list[str] | None = None):
     """The composed run config without running anything (tests, benchmarks, notebooks)."""
     from hydra import compose, initialize_config_dir

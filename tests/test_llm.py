@@ -177,7 +177,8 @@ def test_all_llm_configs_name_a_backend_and_only_its_arguments() -> None:
         assert set(cfg) - {"_target_", "cache"} <= set(params), path.name
 
 
-def test_unreachable_server_fails_fast_with_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unreachable_server_fails_fast_with_one_clear_error(caplog: pytest.LogCaptureFixture) -> None:
+    from s3.config import UserError
     from s3.llm.openai_backend import OpenAIBackend
 
     port = free_port()  # nothing listens there
@@ -185,11 +186,16 @@ def test_unreachable_server_fails_fast_with_one_clear_error(monkeypatch: pytest.
         model="m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_s=0.1, total_timeout_s=10
     )
     start = time.monotonic()
-    with pytest.raises(LLMUnavailableError) as err:
-        llm.generate([review("positive")] * 4)
+    with caplog.at_level(logging.WARNING), pytest.raises(LLMUnavailableError) as err:
+        llm.generate([review("positive")] * 16)
     assert time.monotonic() - start < 10
     msg = str(err.value)
     assert f"127.0.0.1:{port}" in msg and "\n" not in msg
+    assert isinstance(err.value, UserError)  # run.py shows it as one `error:` line, exit code 2
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) <= 2, retries  # one line per retry round, not one per concurrent request
+    time.sleep(0.5)  # the failed batch's workers stop: nothing more is logged after the error
+    assert len([r for r in caplog.records if "retry" in r.getMessage()]) == len(retries)
 
 
 def test_api_key_never_leaks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:

@@ -17,9 +17,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
+from s3.config import UserError
 
-class LLMUnavailableError(RuntimeError):
-    """The backend (e.g. an OpenAI-compatible server) cannot be reached."""
+
+class LLMUnavailableError(UserError):
+    """The backend (e.g. an OpenAI-compatible server) cannot be reached: shown as one line, like bad input."""
 
 
 @dataclass(frozen=True)

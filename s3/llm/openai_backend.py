@@ -65,13 +65,20 @@ class OpenAIBackend(LLM):
             f"LLM server at {self.base_url} is unavailable: {type(why).__name__}: {why}".splitlines()[0]
         )
 
-    def _create(self, kwargs: dict, deadline: float, stop: threading.Event) -> object:
+    def _create(self, kwargs: dict, deadline: float, stop: threading.Event, warned: set[int]) -> object:
         """One chat completion; connection errors, timeouts, rate limits and 5xx are retried with exponential
         back-off (``max_retries`` times, never past ``deadline``, never after ``stop``: another request of the
-        batch has failed), then become one ``LLMUnavailableError``."""
+        batch has failed), then become one ``LLMUnavailableError``. Each retry round is logged once per batch
+        (``warned``), not once per concurrent request."""
 
         def past_deadline(state: RetryCallState) -> bool:
             return time.monotonic() + self.backoff_s * 2 ** (state.attempt_number - 1) > deadline
+
+        def first_to_say(attempt: int) -> bool:
+            with self._lock:
+                fresh = attempt not in warned
+                warned.add(attempt)
+            return fresh
 
         retrying = Retrying(
             retry=retry_if_exception_type(_RETRYABLE),
@@ -80,6 +87,7 @@ class OpenAIBackend(LLM):
             sleep=stop.wait,  # a back-off wakes up as soon as the batch has failed
             before_sleep=lambda state: (
                 stop.is_set()
+                or not first_to_say(state.attempt_number)
                 or log.warning(
                     "%s: %s, retry %d/%d",
                     self.base_url,
@@ -95,7 +103,7 @@ class OpenAIBackend(LLM):
         except _RETRYABLE as e:
             raise self._unavailable(e) from None
 
-    def _call(self, unit: ChatRequest, deadline: float, stop: threading.Event) -> Completion:
+    def _call(self, unit: ChatRequest, deadline: float, stop: threading.Event, warned: set[int]) -> Completion:
         s = unit.sampling
         kwargs = dict(
             model=self.model,
@@ -114,7 +122,7 @@ class OpenAIBackend(LLM):
             kwargs["extra_body"] = {"structured_outputs": {"choice": list(unit.choices)}}  # type: ignore[arg-type]
         while True:
             try:
-                resp = self._create(kwargs, deadline, stop)
+                resp = self._create(kwargs, deadline, stop, warned)
                 break
             except openai.BadRequestError as e:
                 if not constrained:
@@ -140,9 +148,10 @@ class OpenAIBackend(LLM):
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         deadline = time.monotonic() + self.total_timeout_s
         stop = threading.Event()  # set when the batch is over: requests still retrying give up quietly
+        warned: set[int] = set()  # retry rounds already logged for this batch
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(units))))
         try:
-            futures = [pool.submit(self._call, u, deadline, stop) for u in units]
+            futures = [pool.submit(self._call, u, deadline, stop, warned) for u in units]
             done, pending = wait(futures, timeout=self.total_timeout_s, return_when=FIRST_EXCEPTION)
             for f in done:
                 if (e := f.exception()) is not None:
