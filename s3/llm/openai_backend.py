@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from s3.config import URL_CREDENTIALS
 from s3.llm.base import LLM, ChatRequest, Completion, LLMUnavailableError, match_choice
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class OpenAIBackend(LLM):
         self.name = f"openai:{model}"  # not the URL: a restarted server on another port keeps its cache
         self.model = model
         self.base_url = base_url
+        self.shown_url = URL_CREDENTIALS.sub(r"\1***@", base_url)  # for messages and logs: no credentials
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
@@ -58,11 +60,13 @@ class OpenAIBackend(LLM):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+        return f"OpenAIBackend(model={self.model!r}, base_url={self.shown_url!r}, api_key_env={self.api_key_env!r})"
 
     def _unavailable(self, why: object) -> LLMUnavailableError:
         return LLMUnavailableError(
-            f"LLM server at {self.base_url} is unavailable: {type(why).__name__}: {why}".splitlines()[0]
+            URL_CREDENTIALS.sub(
+                r"\1***@", f"LLM server at {self.shown_url} is unavailable: {type(why).__name__}: {why}".splitlines()[0]
+            )
         )
 
     def _create(self, kwargs: dict, deadline: float, stop: threading.Event, warned: set[int]) -> object:
@@ -90,7 +94,7 @@ class OpenAIBackend(LLM):
                 or not first_to_say(state.attempt_number)
                 or log.warning(
                     "%s: %s, retry %d/%d",
-                    self.base_url,
+                    self.shown_url,
                     type(state.outcome.exception()).__name__,
                     state.attempt_number,
                     self.max_retries,
@@ -128,7 +132,7 @@ class OpenAIBackend(LLM):
                 if not constrained:
                     raise
                 log.warning(
-                    "%s rejected structured choices (%s); matching free text instead", self.base_url, e.status_code
+                    "%s rejected structured choices (%s); matching free text instead", self.shown_url, e.status_code
                 )
                 with self._lock:
                     self.structured_choices = constrained = False
