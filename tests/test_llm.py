@@ -6,6 +6,7 @@ Converted embedded checkpoints live in the shared `$S3_CACHE_DIR` (default
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -132,6 +133,45 @@ def test_cache_reuses_per_sample_and_rerun_makes_no_backend_calls(tmp_path: Path
         "m", review("x", temperature=0, seed=2), 0
     )
     assert cache_key("m", review("x", seed=1), 0) != cache_key("m", review("x", seed=2), 0)
+
+
+def test_a_damaged_cache_entry_is_reported_with_its_path_and_generated_again(tmp_path, caplog) -> None:
+    fake = FakeLLM()
+    llm = CachedLLM(fake, tmp_path)
+    first = llm.generate([review("positive", seed=1)])
+    entry = next(tmp_path.glob("??/*.json"))
+    entry.write_text(entry.read_text()[:10])  # a torn file (a disk filled up, a copy cut short)
+    with caplog.at_level(logging.WARNING):
+        again = CachedLLM(fake, tmp_path).generate([review("positive", seed=1)])
+    assert len(fake.seen) == 2 and again == first  # generated again, the same answer
+    assert str(entry) in caplog.text and "damaged" in caplog.text
+    assert json.loads(entry.read_text())["text"] == first[0][0].text  # and the entry is whole again
+
+
+def test_a_damaged_converted_model_is_converted_again(tmp_path, monkeypatch, caplog) -> None:
+    """An embedded model converted into the cache is checked (its safetensors header against its size) and
+    converted again when a file is cut short, rather than failing deep inside transformers."""
+    import torch
+    from safetensors.torch import save_file
+
+    import s3.llm.models as models
+
+    converted = []
+
+    def fake_convert(name: str, target: Path) -> None:  # the real one takes a minute; the check is the point
+        converted.append(name)
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        save_file({"w": torch.zeros(64, 64)}, str(target / "model.safetensors"))
+
+    monkeypatch.setattr(models, "_convert", fake_convert)
+    path = Path(resolve_model("embedded:smollm2", tmp_path))
+    assert resolve_model("embedded:smollm2", tmp_path) == str(path) and converted == ["smollm2"]
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with caplog.at_level(logging.WARNING):
+        assert resolve_model("embedded:smollm2", tmp_path) == str(path)
+    assert converted == ["smollm2", "smollm2"] and str(path) in caplog.text and models.intact(path)
 
 
 def _writer(directory: str, worker: int, rounds: int) -> None:

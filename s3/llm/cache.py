@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from s3.atomic import atomic_write_text
 from s3.llm.base import LLM, ChatRequest, Completion, Usage
+
+log = logging.getLogger(__name__)
 
 KEY_VERSION = 1
 
@@ -62,7 +65,8 @@ class DiskCache:
             return Completion(**json.loads(self._path(key).read_text()))
         except FileNotFoundError:
             return None
-        except (ValueError, TypeError):  # foreign/corrupt file: treat as a miss, it gets rewritten
+        except (ValueError, TypeError):  # a damaged entry: a miss, rewritten when the answer is generated again
+            log.warning("LLM cache entry %s is damaged; generating it again", self._path(key))
             return None
 
     def put(self, key: str, completion: Completion) -> None:

@@ -62,13 +62,31 @@ def resolve_model(spec: str, cache_dir: str | Path | None = None) -> str:
         raise ValueError(f"unknown embedded model {name!r}; known: {sorted(EMBEDDED)}")
     models = Path(cache_dir or default_cache_dir()) / "models"
     target = models / name
-    if (target / "config.json").exists():
+    if intact(target):
         return str(target)
     models.mkdir(parents=True, exist_ok=True)
     with FileLock(str(models / f"{name}.lock")):
-        if not (target / "config.json").exists():  # another process may have finished it
+        if not intact(target):  # another process may have finished it
+            if target.exists():
+                log.warning("converted model %s is incomplete or damaged; converting it again", target)
+                shutil.rmtree(target)  # under the lock; a process that loaded it keeps its open files
             _convert(name, target)
     return str(target)
+
+
+def intact(folder: Path) -> bool:
+    """Whether a converted checkpoint is whole: its config, and weights whose safetensors header accounts for every
+    byte of the file (a truncated or half-copied file fails this)."""
+    try:
+        json.loads((folder / "config.json").read_text())
+        weights = folder / "model.safetensors"
+        with weights.open("rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        return weights.stat().st_size == 8 + header_len + end
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _convert(name: str, target: Path) -> None:
