@@ -48,6 +48,7 @@ from s3.filters import GoldLabelCheck, build_filter_chain, drop_columns
 from s3.gap import compute_gap
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
 from s3.loop_config import GoldLoopConfig, SyntheticLoopConfig, loop_config
+from s3.progress import llm_phase
 from s3.qa import QATask, exact_match, qa_scores
 from s3.qa_model import QAModel, train_qa_model
 from s3.qa_synthesis import QASynthesizer
@@ -316,9 +317,13 @@ def run_synthetic(
     if start_round is None:
         # Round 0: the seed set D_0 (rationale-guided for S3; plain or few-shot prompts for the baselines).
         started, before = time.perf_counter(), llm.usage()
-        rationales = synth.rationales() if L.seed_prompt == "rationale" and not is_qa(task) else None
+        rationales = None
+        if L.seed_prompt == "rationale" and not is_qa(task):
+            with llm_phase("rationales"):
+                rationales = synth.rationales()
         size = min(L.seed_size, budget) if L.rounds > 0 else (L.total_budget or L.seed_size)
-        batch = synth.seed_set(size, L.seed_prompt, round_=0, rationales=rationales, demos=real.gold_val)
+        with llm_phase("seed set", target=int(size)):
+            batch = synth.seed_set(size, L.seed_prompt, round_=0, rationales=rationales, demos=real.gold_val)
         train_rows = with_ids(batch.rows, 0, start=0)
         if not train_rows:
             raise UserError(
@@ -346,7 +351,8 @@ def run_synthetic(
             log.info("stopping before round %d: %s", k, "no validation errors" if not errors else "budget used up")
             break
         started, before = time.perf_counter(), llm.usage()
-        batch = synth.extrapolate(errors, round_=k, limit=room)
+        with llm_phase(f"round {k}: extrapolation", target=int(min(room, len(errors) * L.per_error))):
+            batch = synth.extrapolate(errors, round_=k, limit=room)
         train_rows = train_rows + with_ids(batch.rows, k, start=len(train_rows))
         metrics, errors = finish_round(k, train_rows, batch, before, started, sources=errors)
     export_dataset(train_rows, task, run_dir, card_facts(cfg, metrics))

@@ -20,6 +20,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from s3 import progress
 from s3.filters import FilterChain
 from s3.llm import LLM, ChatRequest, Sampling
 from s3.loop_config import SyntheticLoopConfig
@@ -204,6 +205,7 @@ class QASynthesizer(Synthesizer):
             batch.generated += missed
             if len(batch.rows) > missing:
                 batch.drops["over_quota"] += len(batch.rows) - missing
+                progress.kept(missing - len(batch.rows))
                 batch.rows = batch.rows[:missing]
             out.extend(batch)
         return out

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from s3 import progress
 from s3.data import Task
 from s3.filters import REFERENCE, FilterChain
 from s3.llm import LLM, ChatRequest, Sampling
@@ -195,6 +196,7 @@ class Synthesizer:
                     out.rows.append(row)
                 else:
                     batch.drops["over_quota"] += 1
+                    progress.kept(-1)
             batch.rows = []
             out.extend(batch)
         if len(out.rows) < size:
@@ -277,6 +279,7 @@ class Synthesizer:
             )
         if len(out.rows) > target:
             out.drops["over_quota"] += len(out.rows) - int(target)
+            progress.kept(int(target) - len(out.rows))
             out.rows = out.rows[: int(target)]
         return out
 
@@ -322,6 +325,7 @@ class Synthesizer:
         for row in kept:
             del row[REFERENCE]
         out.rows = kept
+        progress.kept(len(kept))
         out.add_dropped(unparsed)
         out.add_dropped(
             {**{k: v for k, v in row.items() if k != REFERENCE}, "reason": reason} for row, reason in dropped

@@ -174,6 +174,23 @@ def test_a_damaged_converted_model_is_converted_again(tmp_path, monkeypatch, cap
     assert converted == ["smollm2", "smollm2"] and str(path) in caplog.text and models.intact(path)
 
 
+@pytest.mark.parametrize("live", [False, True], ids=["log lines", "live bar"])
+def test_an_llm_phase_counts_answers_tokens_and_kept_rows(tmp_path, caplog, live) -> None:
+    from s3 import progress
+
+    fake = FakeLLM()
+    llm = CachedLLM(fake, tmp_path)
+    with caplog.at_level(logging.INFO), progress.llm_phase("seed set", target=3, live=live) as phase:
+        llm.generate([review("positive", n=2, seed=1)])  # 2 new answers
+        assert (phase.asked, phase.answered, phase.tokens) == (2, 2, 4)
+        llm.generate([review("positive", n=3, seed=1), review("x", seed=5), review("x", seed=5)])  # 2 hits, 2 new
+        progress.kept(2)
+    assert len(fake.seen) == 4 and (phase.asked, phase.answered, phase.tokens, phase.kept) == (7, 7, 8, 2)
+    assert "seed set done: 7/7 answers, 8 tokens" in caplog.text and "2/3 rows kept" in caplog.text
+    progress.answered(5)  # outside a phase: nothing to count, nothing fails
+    assert phase.answered == 7
+
+
 def _writer(directory: str, worker: int, rounds: int) -> None:
     store = DiskCache(directory)
     for i in range(rounds):

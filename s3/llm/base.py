@@ -17,6 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
+from s3 import progress
 from s3.config import UserError
 
 
@@ -176,11 +177,21 @@ class LLM(ABC):
     def __init__(self) -> None:
         self._usage: dict[str, Usage] = {}
 
-    def generate(self, requests: Sequence[ChatRequest], call_site: str = "default") -> list[list[Completion]]:
-        """One list of `n` completions per request, in request order."""
+    def generate(
+        self, requests: Sequence[ChatRequest], call_site: str = "default", count: bool = True
+    ) -> list[list[Completion]]:
+        """One list of `n` completions per request, in request order. Progress goes to the current LLM phase
+        (``s3.progress``; ``count=False``: a wrapper such as the cache has already counted these answers)."""
         start = time.perf_counter()
         units = [r.unit(i) for r in requests for i in range(r.sampling.n)]
+        if count:
+            progress.asked(len(units))
+        before = progress.answered_so_far()
         flat = self._generate_units(units) if units else []
+        unreported = len(units) - (progress.answered_so_far() - before)  # backends may report per batch
+        if unreported > 0:
+            tokens = sum(c.completion_tokens for c in flat) if unreported == len(units) else 0
+            progress.answered(unreported, tokens)
         out, pos = [], 0
         for r in requests:
             out.append(flat[pos : pos + r.sampling.n])

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from s3 import progress
 from s3.atomic import atomic_write_text
 from s3.llm.base import LLM, ChatRequest, Completion, Usage
 
@@ -103,10 +104,13 @@ class CachedLLM(LLM):
                 if hit is None:
                     missing.setdefault(key, []).append((ri, si))
             out.append(row)
+        progress.asked(sum(r.sampling.n for r in requests))
+        progress.answered(sum(r.sampling.n for r in requests) - sum(len(slots) for slots in missing.values()))  # hits
         fresh: list[Completion] = []
         if missing:
             units = [requests[ri].unit(si) for ri, si in (slots[0] for slots in missing.values())]
-            fresh = [c[0] for c in self.backend.generate(units, call_site)]
+            fresh = [c[0] for c in self.backend.generate(units, call_site, count=False)]
+            progress.answered(sum(len(slots) - 1 for slots in missing.values()))  # duplicates within the call
             for (key, slots), c in zip(missing.items(), fresh):
                 self.store.put(key, c)
                 for ri, si in slots:

@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from s3 import progress
 from s3.config import URL_CREDENTIALS
 from s3.llm.base import LLM, ChatRequest, Completion, LLMUnavailableError, match_choice
 
@@ -156,6 +157,11 @@ class OpenAIBackend(LLM):
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(units))))
         try:
             futures = [pool.submit(self._call, u, deadline, stop, warned) for u in units]
+            report = progress.reporter()  # requests finish in worker threads
+            for f in futures:
+                f.add_done_callback(
+                    lambda f: not f.cancelled() and f.exception() is None and report(1, f.result().completion_tokens)
+                )
             done, pending = wait(futures, timeout=self.total_timeout_s, return_when=FIRST_EXCEPTION)
             for f in done:
                 if (e := f.exception()) is not None:

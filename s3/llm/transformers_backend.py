@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
+from s3 import progress
 from s3.llm.base import LLM, ChatRequest, Completion, render_plain, truncate_at_stop
 from s3.llm.models import resolve_model
 
@@ -109,10 +110,10 @@ class TransformersLLM(LLM):
             idx.sort(key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
             for b in range(0, len(idx), self.batch_size):
                 chunk = idx[b : b + self.batch_size]
-                for i, c in zip(
-                    chunk, self._generate_batch([units[i] for i in chunk], [prompts[i] for i in chunk], stop)
-                ):
+                batch = self._generate_batch([units[i] for i in chunk], [prompts[i] for i in chunk], stop)
+                for i, c in zip(chunk, batch):
                     out[i] = c
+                progress.answered(len(batch), sum(c.completion_tokens for c in batch))
         if constrained:
             for i, c in zip(
                 constrained, self._choose([units[i] for i in constrained], [prompts[i] for i in constrained])

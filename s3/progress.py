@@ -1,0 +1,128 @@
+"""Live progress of the LLM phases (rationales, the seed set, each extrapolation round).
+
+A phase is a ``with llm_phase("seed set", target=200):`` block. Inside it every LLM call reports what it was
+asked and what it has answered (``asked``/``answered``, called by ``LLM.generate`` and by the backends per batch),
+and the synthesizer reports the rows its checks kept (``kept``). On a terminal that is one live bar: answers
+done / asked, tokens per second, rows kept so far; elsewhere (a log file, CI) a line every ``LOG_EVERY_S``
+seconds. Either way the phase ends with one summary line in the run log.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 30.0  # without a terminal: a progress line this often
+
+
+class Phase:
+    """Counters of one LLM phase and how they are shown."""
+
+    def __init__(self, name: str, target: int | None, live: bool) -> None:
+        self.name, self.target = name, target
+        self.asked = self.answered = self.tokens = self.kept = 0
+        self.started = self.last_line = time.perf_counter()
+        self.bar: Any = None
+        if live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("answers · {task.fields[rate]} tok/s · {task.fields[kept]} kept"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self.task = self.bar.add_task(name, total=None, rate="-", kept=self._kept_text())
+            self.bar.start()
+
+    def _kept_text(self) -> str:
+        return f"{self.kept}/{self.target}" if self.target is not None else str(self.kept)
+
+    def rate(self) -> float:
+        return self.tokens / max(time.perf_counter() - self.started, 1e-9)
+
+    def update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(
+                self.task, total=self.asked, completed=self.answered, rate=f"{self.rate():.0f}", kept=self._kept_text()
+            )
+        elif time.perf_counter() - self.last_line >= LOG_EVERY_S:
+            self.last_line = time.perf_counter()
+            log.info("%s: %s", self.name, self.status())
+
+    def status(self) -> str:
+        return (
+            f"{self.answered}/{self.asked} answers, {self.tokens} tokens ({self.rate():.0f} tok/s), "
+            f"{self._kept_text()} rows kept, {time.perf_counter() - self.started:.0f} s"
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        log.info("%s done: %s", self.name, self.status())
+
+
+_phase: ContextVar[Phase | None] = ContextVar("s3_llm_phase", default=None)
+
+
+@contextmanager
+def llm_phase(name: str, target: int | None = None, live: bool | None = None) -> Iterator[Phase]:
+    """Count and show the LLM work inside the block (``target``: the rows it should keep). ``live``: a bar
+    (default: when stderr is a terminal)."""
+    phase = Phase(name, target, sys.stderr.isatty() if live is None else live)
+    token = _phase.set(phase)
+    try:
+        yield phase
+    finally:
+        _phase.reset(token)
+        phase.close()
+
+
+def asked(answers: int) -> None:
+    """An LLM call was asked for this many answers."""
+    if (phase := _phase.get()) is not None:
+        phase.asked += answers
+        phase.update()
+
+
+def answered(answers: int, tokens: int = 0) -> None:
+    """This many answers (with this many new tokens) are done."""
+    reporter()(answers, tokens)
+
+
+def reporter() -> Callable[[int, int], None]:
+    """``answered`` bound to the current phase, for worker threads (which do not see the caller's context)."""
+    phase = _phase.get()
+    if phase is None:
+        return lambda answers, tokens=0: None
+    lock = threading.Lock()
+
+    def report(answers: int, tokens: int = 0) -> None:
+        with lock:
+            phase.answered += answers
+            phase.tokens += tokens
+            phase.update()
+
+    return report
+
+
+def answered_so_far() -> int:
+    phase = _phase.get()
+    return phase.answered if phase is not None else 0
+
+
+def kept(rows: int) -> None:
+    """The checks kept this many more rows."""
+    if (phase := _phase.get()) is not None:
+        phase.kept += rows
+        phase.update()
