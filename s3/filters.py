@@ -467,7 +467,7 @@ class LLMLabelCheck(FlagFilter):
 
 # ---- the chain a run uses -------------------------------------------------------------------------------
 
-OTHER_DROP_REASONS = ("unparsable", "over_quota")  # counted by the synthesizer, not by a filter
+OTHER_DROP_REASONS = ("unparsable", "over_quota", "prompt_too_long")  # counted by the synthesizer, not a filter
 QA_DROP_REASONS = ("not_a_question", "answer_in_question", "answer_not_span")  # s3.qa_synthesis: parsing
 DROP_REASONS: tuple[str, ...] = (
     *QualityRules.reasons,

@@ -20,6 +20,7 @@ from s3 import progress
 from s3.data import Task
 from s3.filters import REFERENCE, FilterChain
 from s3.llm import LLM, ChatRequest, Sampling
+from s3.llm.base import PROMPT_TOO_LONG
 from s3.loop_config import SyntheticLoopConfig
 from s3.parsing import normalize, parse_examples, parse_rationale_items
 from s3.prompts import PromptBook, prompt_hash
@@ -314,7 +315,9 @@ class Synthesizer:
             provenance = {"round": round_, "source": job.source, "prompt_hash": prompt_hash(job.messages)}
             for completion in completions:
                 out.generated += 1
-                parsed = self.parse(job, completion.text)
+                parsed = (
+                    PROMPT_TOO_LONG if completion.finish_reason == PROMPT_TOO_LONG else self.parse(job, completion.text)
+                )
                 if isinstance(parsed, str):
                     out.drops[parsed] += 1
                     unparsed.append({**job.given, **provenance, "llm_text": completion.text, "reason": parsed})

@@ -25,6 +25,7 @@ from s3.config import compose_config
 from s3.llm import CachedLLM, build_llm
 from s3.llm.base import (
     LLM,
+    PROMPT_TOO_LONG,
     ChatRequest,
     Completion,
     LLMUnavailableError,
@@ -356,6 +357,14 @@ def test_cached_rerun_makes_zero_backend_calls(smollm2: LLM, tmp_path: Path) -> 
     delta = usage_diff(llm.usage(), before)["rationale"]
     assert second == first
     assert delta.backend_calls == 0 and delta.cache_hits == 3 and delta.completion_tokens == 0
+
+
+@pytest.mark.slow
+def test_a_prompt_longer_than_the_context_is_skipped_not_cut(smollm2: LLM) -> None:
+    huge = ChatRequest.from_messages([{"role": "user", "content": "word " * 9000}], Sampling(max_tokens=8))
+    out = smollm2.generate([huge, review("positive", seed=1, max_tokens=8)])
+    assert out[0][0].finish_reason == PROMPT_TOO_LONG and out[0][0].text == "" and out[0][0].prompt_tokens > 8192
+    assert out[1][0].finish_reason != PROMPT_TOO_LONG and out[1][0].text
 
 
 @pytest.mark.slow

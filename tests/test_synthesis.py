@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from s3.config import UserError, compose_config
 from s3.filters import FlagFilter, GoldLabelCheck, LLMLabelCheck, build_filter_chain
 from s3.llm import LLM, ChatRequest, Completion
+from s3.llm.base import skip_too_long
 from s3.loop_config import SamplingConfig, SyntheticLoopConfig
 from s3.synthesis import Synthesizer, label_quotas
 
@@ -100,6 +101,24 @@ def test_extrapolation_refills_what_cleaning_dropped_up_to_the_limit() -> None:
     assert set(sources) <= {f"extrapolated-from-val-{i}" for i in range(10)}
     by_id = {f"extrapolated-from-{e['id']}": e["label"] for e in ERRORS}
     assert all(r["label"] == by_id[r["source"]] for r in batch.rows)  # each row keeps its error's gold label
+
+
+class ShortContextLLM(ScriptedLLM):
+    """A backend whose context only fits short prompts (as backends report it: ``skip_too_long``)."""
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        lengths = [len(u.messages[-1].content.split()) + 100 * ("LONG" in u.messages[-1].content) for u in units]
+        skipped = skip_too_long(units, lengths, context=80)
+        rest = iter(super()._generate_units([u for i, u in enumerate(units) if i not in skipped]))
+        return [skipped[i] if i in skipped else next(rest) for i in range(len(units))]
+
+
+def test_prompts_too_long_for_the_context_are_skipped_and_counted(caplog) -> None:
+    errors = [dict(e, text=e["text"] + " LONG" * (i % 2)) for i, e in enumerate(ERRORS)]
+    with caplog.at_level("WARNING"):
+        batch = synthesizer(ShortContextLLM(), per_error=2).extrapolate(errors, round_=1, limit=10)
+    assert batch.drops["prompt_too_long"] > 0 and "do not fit the 80-token context" in caplog.text
+    assert batch.rows and {r["source"] for r in batch.rows} <= {f"extrapolated-from-{e['id']}" for e in ERRORS[::2]}
 
 
 def test_extrapolation_without_limit_aims_at_per_error_rows_per_error() -> None:

@@ -11,6 +11,7 @@ sample (a shared seeded object would correlate them).
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 from abc import ABC, abstractmethod
@@ -19,6 +20,8 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from s3 import progress
 from s3.config import UserError
+
+log = logging.getLogger(__name__)
 
 
 class LLMUnavailableError(UserError):
@@ -80,6 +83,9 @@ class ChatRequest:
         return replace(self, sampling=replace(s, n=1, seed=sample_seed(s.seed, index)))
 
 
+PROMPT_TOO_LONG = "prompt_too_long"  # a Completion's finish_reason: the prompt and its answer exceed the context
+
+
 @dataclass(frozen=True)
 class Completion:
     text: str
@@ -88,6 +94,27 @@ class Completion:
     finish_reason: str
     # log P(text | prompt) for constrained choices, from backends that score (transformers); None elsewhere
     logprob: float | None = None
+
+
+def skip_too_long(units: Sequence[ChatRequest], lengths: Sequence[int], context: int | None) -> dict[int, Completion]:
+    """The units whose prompt (``lengths``, in tokens) leaves no room for their answer in a ``context``-token
+    window, as empty completions: a backend skips them (counted, and dropped by the synthesizer) instead of
+    failing the whole batch or generating from a cut prompt."""
+    if not context:
+        return {}
+    skipped = {
+        i: Completion("", n, 0, PROMPT_TOO_LONG)
+        for i, (u, n) in enumerate(zip(units, lengths))
+        if n + u.sampling.max_tokens > context
+    }
+    if skipped:
+        log.warning(
+            "%d of %d prompts do not fit the %d-token context with their answer: skipped",
+            len(skipped),
+            len(units),
+            context,
+        )
+    return skipped
 
 
 @dataclass
@@ -234,12 +261,14 @@ __all__ = [
     "Completion",
     "LLM",
     "LLMUnavailableError",
+    "PROMPT_TOO_LONG",
     "Message",
     "Sampling",
     "Usage",
     "match_choice",
     "render_plain",
     "sample_seed",
+    "skip_too_long",
     "truncate_at_stop",
     "usage_diff",
     "usage_totals",

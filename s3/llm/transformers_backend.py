@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from s3 import progress
-from s3.llm.base import LLM, ChatRequest, Completion, render_plain, truncate_at_stop
+from s3.llm.base import LLM, ChatRequest, Completion, render_plain, skip_too_long, truncate_at_stop
 from s3.llm.models import resolve_model
 
 
@@ -83,6 +83,7 @@ class TransformersLLM(LLM):
         if chat_template and not has_template:
             raise ValueError(f"{model}: chat_template=true but the tokenizer has no chat template")
         self.use_chat_template = has_template if chat_template is None else chat_template
+        self.context = getattr(self.model.config, "max_position_embeddings", None)  # prompt + answer, in tokens
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = sorted({self.tokenizer.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None})
 
@@ -102,10 +103,14 @@ class TransformersLLM(LLM):
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         out: list[Completion | None] = [None] * len(units)
         prompts = [self.prompt(u) for u in units]
+        skipped = skip_too_long(units, [len(p) for p in prompts], self.context)
         free: dict[tuple[str, ...], list[int]] = defaultdict(list)
         constrained: list[int] = []
         for i, u in enumerate(units):
-            (constrained if u.choices is not None else free[u.sampling.stop]).append(i)
+            if i in skipped:
+                out[i] = skipped[i]
+            else:
+                (constrained if u.choices is not None else free[u.sampling.stop]).append(i)
         for stop, idx in free.items():
             idx.sort(key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
             for b in range(0, len(idx), self.batch_size):

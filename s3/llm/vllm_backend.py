@@ -12,8 +12,9 @@ import gc
 import logging
 import os
 from collections.abc import Sequence
+from typing import Any
 
-from s3.llm.base import LLM, ChatRequest, Completion, match_choice, render_plain
+from s3.llm.base import LLM, ChatRequest, Completion, match_choice, render_plain, skip_too_long
 from s3.llm.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class VLLMBackend(LLM):
             kwargs["max_num_batched_tokens"] = max(max_model_len, 8192)
         kwargs.update(engine_kwargs or {})
         self.engine = Engine(**kwargs)
+        self.max_model_len = int(kwargs["max_model_len"])  # prompt + answer, in tokens
         has_template = bool(getattr(self.engine.get_tokenizer(), "chat_template", None))
         self.use_chat_template = has_template if chat_template is None else chat_template
 
@@ -82,12 +84,31 @@ class VLLMBackend(LLM):
             structured_outputs=StructuredOutputsParams(choice=list(unit.choices)) if unit.choices else None,
         )
 
+    def prompt_tokens(self, unit: ChatRequest) -> int:
+        tokenizer = self.engine.get_tokenizer()
+        if not self.use_chat_template:
+            return len(tokenizer(render_plain(unit.messages))["input_ids"])
+        cont = unit.messages[-1].role == "assistant"
+        return len(
+            tokenizer.apply_chat_template(
+                unit.as_dicts(), tokenize=True, add_generation_prompt=not cont, continue_final_message=cont
+            )
+        )
+
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
-        params = [self._params(u) for u in units]
-        if self.use_chat_template:
-            outs = self.engine.chat([u.as_dicts() for u in units], params, use_tqdm=False)
+        skipped = skip_too_long(units, [self.prompt_tokens(u) for u in units], self.max_model_len)  # vLLM would fail
+        todo = [u for i, u in enumerate(units) if i not in skipped]
+        params = [self._params(u) for u in todo]
+        if not todo:
+            outs = []
+        elif self.use_chat_template:
+            outs = self.engine.chat([u.as_dicts() for u in todo], params, use_tqdm=False)
         else:
-            outs = self.engine.generate([render_plain(u.messages) for u in units], params, use_tqdm=False)
+            outs = self.engine.generate([render_plain(u.messages) for u in todo], params, use_tqdm=False)
+        done = iter(self._completions(todo, outs))
+        return [skipped[i] if i in skipped else next(done) for i in range(len(units))]
+
+    def _completions(self, units: Sequence[ChatRequest], outs: Sequence[Any]) -> list[Completion]:
         results = []
         for u, o in zip(units, outs):
             c = o.outputs[0]
