@@ -369,32 +369,48 @@ class GoldLabelCheck(FlagFilter):
         from sklearn.model_selection import StratifiedKFold, cross_val_score
 
         self.embedder, self.task = embedder, task
-        x = embedder.embed([task.text_of(r) for r in gold_rows])
-        y = [r["label"] for r in gold_rows]
-        counts = Counter(y)
+        counts = Counter(r["label"] for r in gold_rows)
+        # A rare label (fewer than 2 gold rows) cannot be learned or validated: its rows are not judged, and the
+        # others still are; cross-validation uses as many folds as the rarest checked label allows (at most ``folds``),
+        # and labels weigh alike, so a rare one is not drowned by the common ones.
+        self.labels = {k for k, n in counts.items() if n >= 2}
         self.model: Any = None
         self.cv_accuracy = 0.0
-        if len(counts) < len(task.labels) or min(counts.values()) < folds:
-            log.warning("gold label check off: the gold validation set needs >= %d rows of every label", folds)
+        unchecked = [task.labels[k] for k in range(len(task.labels)) if k not in self.labels]
+        if len(self.labels) < 2:
+            log.warning("gold label check off: fewer than two labels have 2 or more gold rows")
             return
-        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-        self.cv_accuracy = float(cross_val_score(LogisticRegression(max_iter=2000), x, y, cv=cv).mean())
+        rows = [r for r in gold_rows if r["label"] in self.labels]
+        x = embedder.embed([task.text_of(r) for r in rows])
+        y = [r["label"] for r in rows]
+        k = min(folds, min(counts[label] for label in self.labels))
+        cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+        self.cv_accuracy = float(
+            cross_val_score(LogisticRegression(max_iter=2000, class_weight="balanced"), x, y, cv=cv).mean()
+        )
         if self.cv_accuracy >= min_accuracy:
-            self.model = LogisticRegression(max_iter=2000).fit(x, y)
+            self.model = LogisticRegression(max_iter=2000, class_weight="balanced").fit(x, y)
         log.info(
-            "gold label check %s: cross-validated accuracy %.3f on %d gold rows (needs %.2f)",
+            "gold label check %s: %d-fold cross-validated accuracy %.3f on %d gold rows (needs %.2f)%s",
             "on" if self.model is not None else "off",
+            k,
             self.cv_accuracy,
             len(y),
             min_accuracy,
+            f"; not judged (under 2 gold rows): {', '.join(unchecked)}" if unchecked else "",
         )
 
     def agree(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
-        """True where the classifier predicts the row's intended label (always True while the check is off)."""
-        if self.model is None or not rows:
-            return [True] * len(rows)
-        predicted = self.model.predict(self.embedder.embed([self.task.text_of(r) for r in rows]))
-        return [int(p) == r["label"] for p, r in zip(predicted, rows)]
+        """True where the classifier predicts the row's intended label (always True while the check is off, and
+        for rows of a label it could not learn)."""
+        judged = [i for i, r in enumerate(rows) if r["label"] in self.labels]
+        out = [True] * len(rows)
+        if self.model is None or not judged:
+            return out
+        predicted = self.model.predict(self.embedder.embed([self.task.text_of(rows[i]) for i in judged]))
+        for i, p in zip(judged, predicted):
+            out[i] = int(p) == rows[i]["label"]
+        return out
 
     def keep(self, rows: Sequence[dict]) -> list[bool]:
         return self.agree(rows)

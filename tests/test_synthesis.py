@@ -227,6 +227,29 @@ def test_gold_check_stays_off_when_it_cannot_learn_the_task() -> None:
     assert GoldLabelCheck(BagOfWords(), sst2_task(), one_label, seed=0).model is None
 
 
+def test_gold_check_works_with_rare_labels_and_leaves_unlearnable_ones_unjudged(caplog) -> None:
+    """A label with 3 gold rows (fewer than 5 folds) no longer turns the check off for the whole task; a label
+    with a single gold row cannot be learned, so its rows are kept unjudged, and the log says so."""
+    from s3.data import Task
+
+    task = Task(name="four", description="d", example_kind="text", labels=["a", "b", "c", "d"])
+    rng = random.Random(0)
+
+    def rows(label: int, n: int) -> list[dict[str, Any]]:
+        words = VOCAB[16 * label : 16 * (label + 1)]
+        return [{"text": " ".join(rng.choice(words) for _ in range(6)), "label": label} for _ in range(n)]
+
+    gold = rows(0, 30) + rows(1, 30) + rows(2, 3) + rows(3, 1)
+    with caplog.at_level("INFO"):
+        check = GoldLabelCheck(BagOfWords(), task, gold, seed=0)
+    assert check.model is not None and check.labels == {0, 1, 2}
+    assert "3-fold" in caplog.text and "not judged (under 2 gold rows): d" in caplog.text
+    fresh = rows(0, 5) + rows(2, 5) + rows(3, 5)
+    assert check.agree(fresh) == [True] * 15  # the rare label c is learned; d is not judged
+    wrong = [{**r, "label": 1} for r in rows(2, 5)] + [{**r, "label": 3} for r in rows(0, 5)]
+    assert check.agree(wrong) == [False] * 5 + [True] * 5  # c's rows written as b are caught; d's go unjudged
+
+
 class KeepLabel(FlagFilter):
     """A stand-in gold check that agrees only with label 1."""
 
