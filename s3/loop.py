@@ -233,6 +233,15 @@ def last_complete_round(rounds_dir: Path) -> int | None:
 # ---- the synthetic-data loop: S3, its ablations, ZeroGen and GoldGen ----------------------------------
 
 
+def round_room(L: SyntheticLoopConfig, budget: float, n_train: int, k: int) -> float:
+    """The rows extrapolation round ``k`` may add: the per-round cap, the budget left, and with
+    ``budget_split=even`` only this round's share of what is left, so later (better-informed) rounds get theirs."""
+    room = min(L.max_new_per_round or math.inf, budget - n_train)
+    if L.budget_split == "even" and budget < math.inf:
+        room = min(room, math.ceil((budget - n_train) / (L.rounds - k + 1)))
+    return room
+
+
 def run_synthetic(
     cfg: DictConfig,
     L: SyntheticLoopConfig,
@@ -346,7 +355,7 @@ def run_synthetic(
 
     for k in range(start_round + 1, L.rounds + 1):
         # Error extrapolation: every misclassified gold-validation row becomes a prompt for more like it.
-        room = min(L.max_new_per_round or math.inf, budget - len(train_rows))
+        room = round_room(L, budget, len(train_rows), k)
         if not errors or room <= 0:
             log.info("stopping before round %d: %s", k, "no validation errors" if not errors else "budget used up")
             break

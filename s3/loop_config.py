@@ -19,6 +19,7 @@ from s3.filters import CleaningConfig
 SEED_PROMPTS = ("rationale", "zerogen", "goldgen")
 LABEL_CHECKS = ("none", "choice", "channel", "auto")
 ANSWER_SPANS = ("candidates", "llm", "train")
+BUDGET_SPLITS = ("even", "greedy")
 ONE_SHOT = ("zerogen", "goldgen", "s3_no_extrapolation")  # methods that are defined by having no feedback rounds
 
 
@@ -81,6 +82,8 @@ class SyntheticLoopConfig(LoopConfig):
     balance_labels: bool = True  # split a round's rows evenly over the labels with errors (up to 2 x per_error
     # per error) instead of following the errors; false = the paper
     total_budget: int | None = None  # never train on more synthetic rows than this (equal-budget comparisons)
+    budget_split: str = "even"  # with a total_budget: even = each extrapolation round may add at most the rows left
+    # divided by the rounds left; greedy = as many as its errors ask for (round 1 can use up the budget)
     # checks on every LLM answer (each drop is counted under drop/<reason>)
     label_check: str = "auto"  # none | choice | channel | auto: drop rows whose label the LLM disagrees with;
     # choice re-labels, channel scores P(row | "write one <label> ..."),
@@ -103,6 +106,7 @@ class SyntheticLoopConfig(LoopConfig):
         one_of(self, "seed_prompt", SEED_PROMPTS)
         one_of(self, "label_check", LABEL_CHECKS)
         one_of(self, "answer_spans", ANSWER_SPANS)
+        one_of(self, "budget_split", BUDGET_SPLITS)
         for key in (
             "seed_size",
             "per_error",

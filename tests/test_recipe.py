@@ -7,6 +7,7 @@ It also shows the loop runs without Hydra's runtime: a composed config and a run
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections import Counter
@@ -295,3 +296,16 @@ def test_a_sweep_agents_parameters_leave_the_rest_of_the_config_in_wandb(tmp_pat
     config = dict(runs[0].config)
     assert config["loop"] == "goldgen" and config["loop.seed_size"] == 16
     assert config["loop.rounds"] == 0 and config["loop.num_gold_val"] == 24 and config["task.name"] == "sst2"
+
+
+def test_the_budget_is_shared_across_extrapolation_rounds() -> None:
+    """With loop.total_budget, round 1 may take only its share of what is left (even), so round 2 still learns
+    from round 1's errors; greedy (the old way) lets round 1 take all its errors ask for."""
+    from s3.loop import round_room
+    from s3.loop_config import SyntheticLoopConfig
+
+    even, greedy = SyntheticLoopConfig(rounds=3), SyntheticLoopConfig(rounds=3, budget_split="greedy")
+    assert [round_room(even, 400, 200, k) for k in (1, 2, 3)] == [67, 100, 200]  # 200 left over 3, 2, 1 rounds
+    assert round_room(greedy, 400, 200, 1) == 200
+    assert round_room(SyntheticLoopConfig(rounds=3, max_new_per_round=50), 400, 200, 1) == 50
+    assert round_room(even, math.inf, 200, 1) == math.inf  # no budget, nothing to share
