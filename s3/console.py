@@ -32,6 +32,13 @@ def quiet_libraries(verbose: bool = False) -> None:
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)  # "thrown while requesting HEAD ..." when offline
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # "Creating parquet from Arrow format" bars
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
     try:
         from transformers.utils import logging as hf_logging
 

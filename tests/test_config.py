@@ -224,6 +224,9 @@ def test_third_party_chatter_is_muted_unless_verbose():
     assert logging.getLogger("pytorch_lightning").level == logging.INFO
     quiet_libraries()
     assert logging.getLogger("pytorch_lightning").getEffectiveLevel() == logging.WARNING
+    import datasets
+
+    assert not datasets.is_progress_bar_enabled()  # "Creating parquet from Arrow format" when the dataset is saved
     assert compose_config().verbose is False
 
 
