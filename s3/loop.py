@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -477,6 +478,17 @@ def wandb_group(cfg: DictConfig, task: Task, llm_choice: str, variant: str) -> s
     return group
 
 
+def threads_per_job(launcher: Any, cores: int) -> int | None:
+    """Torch threads for one job when a launcher runs several side by side (joblib's ``n_jobs``; -1 = one job per
+    core): an equal share of the cores. Two torch processes that each use every core slow each other down many
+    times over (their OpenMP threads spin), so each job gets its own cores. None: one job at a time."""
+    n_jobs = OmegaConf.select(OmegaConf.create(launcher or {}), "n_jobs")
+    if not n_jobs or n_jobs == 1:
+        return None
+    jobs = cores if n_jobs < 0 else min(n_jobs, cores)
+    return max(1, cores // jobs)
+
+
 def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM | None = None) -> float:
     """Build everything from the composed config, run the chosen loop, write the summary; return the run's
     ``objective`` (select_acc, or select_f1 for extractive QA; val_* when no gold rows are held out).
@@ -495,6 +507,9 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     choices = HydraConfig.get().runtime.choices if hydra_run else {}
+    if hydra_run and (threads := threads_per_job(HydraConfig.get().launcher, os.cpu_count() or 1)):
+        torch.set_num_threads(threads)
+        log.info("jobs run side by side: %d torch threads for this one", threads)
     own_llm = llm is None
     loop = loop_config(cfg.loop)  # values out of range: one line, before anything is written or loaded
     small: SmallModelConfig = small_model_config(cfg.small_model)

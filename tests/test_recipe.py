@@ -309,3 +309,12 @@ def test_the_budget_is_shared_across_extrapolation_rounds() -> None:
     assert round_room(greedy, 400, 200, 1) == 200
     assert round_room(SyntheticLoopConfig(rounds=3, max_new_per_round=50), 400, 200, 1) == 50
     assert round_room(even, math.inf, 200, 1) == math.inf  # no budget, nothing to share
+
+
+def test_jobs_run_side_by_side_share_the_cores() -> None:
+    from s3.loop import threads_per_job
+
+    assert threads_per_job({"n_jobs": 2}, cores=16) == 8  # hydra/launcher=joblib hydra.launcher.n_jobs=2
+    assert threads_per_job({"n_jobs": 4}, cores=2) == 1  # never zero; never more jobs than cores counted
+    assert threads_per_job({"n_jobs": -1}, cores=8) == 1  # joblib's "one job per core"
+    assert threads_per_job({"n_jobs": 1}, cores=8) is None and threads_per_job({}, cores=8) is None  # one at a time
