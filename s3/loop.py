@@ -49,6 +49,7 @@ from s3.filters import GoldLabelCheck, build_filter_chain, drop_columns
 from s3.gap import compute_gap
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
 from s3.loop_config import GoldLoopConfig, SyntheticLoopConfig, loop_config
+from s3.pair_synthesis import PairContextSynthesizer
 from s3.progress import llm_phase
 from s3.qa import QATask, exact_match, qa_scores
 from s3.qa_model import QAModel, train_qa_model
@@ -274,6 +275,9 @@ def run_synthetic(
     if is_qa(task):  # questions written for real passages of the train split (never its questions)
         assert real.train is not None
         synth: Synthesizer = QASynthesizer(llm, task, filters, L, cfg.seed, real.train)
+    elif task.is_pair and L.pair_context == "train":  # real premises of the train split (never its labels)
+        assert real.train is not None
+        synth = PairContextSynthesizer(llm, task, filters, L, cfg.seed, real.train)
     else:
         synth = Synthesizer(llm, task, filters, L, cfg.seed)
     budget = L.total_budget if L.total_budget is not None else math.inf
@@ -519,7 +523,12 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
 
     task: AnyTask = instantiate(cfg.task)
-    need_train = isinstance(loop, GoldLoopConfig) or is_qa(task) or bool(cfg.gap.enabled and cfg.gap.vs_train)
+    need_train = (
+        isinstance(loop, GoldLoopConfig)
+        or is_qa(task)
+        or (task.is_pair and loop.pair_context == "train")
+        or bool(cfg.gap.enabled and cfg.gap.vs_train)
+    )
     real = load_real_data(
         task, cfg.paths.data_dir, loop.num_gold_val, loop.max_test, cfg.seed, need_train, loop.selection_fraction
     )

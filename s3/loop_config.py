@@ -20,6 +20,7 @@ SEED_PROMPTS = ("rationale", "zerogen", "goldgen")
 LABEL_CHECKS = ("none", "choice", "channel", "auto")
 ANSWER_SPANS = ("candidates", "llm", "train")
 BUDGET_SPLITS = ("even", "greedy")
+PAIR_CONTEXTS = ("llm", "train")
 ONE_SHOT = ("zerogen", "goldgen", "s3_no_extrapolation")  # methods that are defined by having no feedback rounds
 
 
@@ -75,6 +76,8 @@ class SyntheticLoopConfig(LoopConfig):
     answer_spans: str = "candidates"  # extractive QA: where seed answers come from: candidates (the passage's
     # entity, number and content-word phrases) | llm (the LLM copies a phrase; kept only when it is a span) |
     # train (the train split's real answers for the passage, as the paper: annotations, though no questions)
+    pair_context: str = "llm"  # sentence-pair tasks: llm = the LLM writes both fields | train = a real premise /
+    # passage from the train split (its text only), the LLM writes the other field (the paper and ZeroGen)
     # error extrapolation
     rounds: int = 2  # extrapolation rounds after round 0 (the paper published two)
     per_error: int = 3  # new examples written from each misclassified validation example
@@ -107,6 +110,7 @@ class SyntheticLoopConfig(LoopConfig):
         one_of(self, "label_check", LABEL_CHECKS)
         one_of(self, "answer_spans", ANSWER_SPANS)
         one_of(self, "budget_split", BUDGET_SPLITS)
+        one_of(self, "pair_context", PAIR_CONTEXTS)
         for key in (
             "seed_size",
             "per_error",

@@ -3,7 +3,9 @@
 Templates are ``str.format`` strings so users can edit them in YAML. Fields available to every template:
 ``description, example_kind, example_kind_title, label_options, num_items, field1, field2`` and, where a
 label is involved, ``label, label_description``; plus per-template fields: ``aspect, variation`` (seed),
-``demonstrations`` (goldgen), ``example`` (extrapolate, relabel, demonstration). Extractive QA tasks have their
+``demonstrations`` (goldgen), ``example`` (extrapolate, relabel, demonstration); pair tasks on real contexts
+(``loop.pair_context=train``) use ``seed_given, zerogen_given, goldgen_given, extrapolate_given`` with ``context``
+(the real first field) and write only the second field. Extractive QA tasks have their
 own set (``QA_TEMPLATES``, conf/prompts/qa.yaml) with ``context, answer, question`` instead of labels.
 """
 
@@ -65,10 +67,11 @@ class PromptBook:
         """A row as shown inside a prompt: the text itself, or labelled lines for pairs; each field cut at a word
         boundary to ``max_example_chars`` (a long review would fill the LLM's context and pad its whole batch)."""
         if not self.task.is_pair:
-            return self._cut(str(row["text"]))
-        return "\n".join(f"{self.task.field_labels[f]}: {self._cut(str(row[f]))}" for f in self.task.fields)
+            return self.cut(str(row["text"]))
+        return "\n".join(f"{self.task.field_labels[f]}: {self.cut(str(row[f]))}" for f in self.task.fields)
 
-    def _cut(self, text: str) -> str:
+    def cut(self, text: str) -> str:
+        """A real text as a prompt shows it: cut at a word boundary to ``max_example_chars`` (counted)."""
         limit = self.max_example_chars
         if limit is None or len(text) <= limit:
             return text

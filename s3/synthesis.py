@@ -160,10 +160,12 @@ class Synthesizer:
                 }
             elif kind != "zerogen":
                 raise ValueError(f"unknown seed prompt kind {kind!r}; expected rationale, zerogen or goldgen")
-            jobs.append(
-                Job(self.book.messages(kind if kind != "rationale" else "seed", **fields), {"label": label}, kind)
-            )
+            jobs.append(self.seed_job(kind if kind != "rationale" else "seed", fields, label, kind, rng))
         return jobs
+
+    def seed_job(self, template: str, fields: dict[str, Any], label: int, kind: str, rng: random.Random) -> Job:
+        """One seed prompt from its template and fields (a pair task on real contexts adds the context here)."""
+        return Job(self.book.messages(template, **fields), {"label": label}, kind)
 
     def seed_set(
         self,

@@ -32,6 +32,8 @@ COMMAND_LINES = [
     (["loop.max_test=-5"], "loop.max_test must be >= 1"),
     (["loop.seed_size=-5"], "loop.seed_size must be >= 1"),
     (["loop.label_check=bogus"], "loop.label_check must be one of"),
+    (["loop.pair_context=invented"], "loop.pair_context must be one of"),
+    (["loop.budget_split=random"], "loop.budget_split must be one of"),
     (["loop=zerogen", "loop.rounds=1"], "loop=zerogen has no error extrapolation"),
     ([f"+llm.api_key={SECRET}"], "looks like a secret on the command line"),
     ([f"+secrets.hf_token={SECRET}"], "looks like a secret on the command line"),

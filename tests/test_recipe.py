@@ -318,3 +318,58 @@ def test_jobs_run_side_by_side_share_the_cores() -> None:
     assert threads_per_job({"n_jobs": 4}, cores=2) == 1  # never zero; never more jobs than cores counted
     assert threads_per_job({"n_jobs": -1}, cores=8) == 1  # joblib's "one job per core"
     assert threads_per_job({"n_jobs": 1}, cores=8) is None and threads_per_job({}, cores=8) is None  # one at a time
+
+
+class ScriptedPairLLM(LLM):
+    """Answers a pair prompt with one hypothesis line of seeded words."""
+
+    name = "scripted-pair"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[str] = []
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        out = []
+        for u in units:
+            prompt = u.messages[-1].content
+            self.prompts.append(prompt)
+            rng = random.Random(u.sampling.seed)
+            if prompt.startswith("List"):
+                text = RATIONALE
+            else:
+                text = "Hypothesis: " + " ".join(rng.sample(FILLER, 6)) + f" {rng.randrange(10**6)}."
+            out.append(Completion(text, 10, 10, "stop"))
+        return out
+
+
+def test_pair_rows_on_real_premises_keep_them_and_their_errors_premises(tmp_path, data_dir) -> None:
+    """loop.pair_context=train: every synthetic premise is a train-split premise, as given (the LLM writes only
+    the hypothesis); an extrapolated row keeps its error's premise; no train label or hypothesis is shown."""
+    cfg = compose_config(
+        [
+            *TINY,
+            "task=rte",
+            "loop=s3",
+            "loop.rounds=1",
+            "loop.pair_context=train",
+            "loop.label_check=none",
+            "loop.gold_check=false",
+            "loop.min_source_similarity=0",
+            f"paths.data_dir={data_dir}",
+            f"paths.cache_dir={tmp_path / 'c'}",
+        ]
+    )
+    llm = ScriptedPairLLM()
+    run_experiment(cfg, run_dir=tmp_path / "run", llm=llm)
+    train = read_jsonl(data_dir / "rte" / "train.jsonl")
+    premises = {r["text1"] for r in train}
+    rows = read_jsonl(tmp_path / "run" / "rounds" / "round_1" / "train.jsonl")
+    assert rows and all(r["text1"] in premises for r in rows if r["round"] == 0)
+    errors = {e["id"]: e for e in read_jsonl(tmp_path / "run" / "rounds" / "round_0" / "errors.jsonl")}
+    extrapolated = [r for r in rows if r["round"] == 1]
+    assert extrapolated and all(r["text1"] == errors[r["source"].split("from-")[1]]["text1"] for r in extrapolated)
+    assert all(r["text2"].split()[0] in FILLER for r in rows)  # the LLM's hypothesis, parsed from its line
+    shown = {r["text2"] for r in read_jsonl(data_dir / "rte" / "validation.jsonl")}  # errors are shown
+    hypotheses = {r["text2"] for r in train if len(r["text2"]) > 30} - shown
+    assert not [p for p in llm.prompts if any(h in p for h in hypotheses)]  # the train split's other side unseen
