@@ -52,6 +52,8 @@ class Task:
     label_descriptions: dict[str, str] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)  # templates, see conf/prompts/ and s3/prompts.py
     max_tokens: int = 160  # LLM tokens that fit one example (a task config may set its own)
+    context_field: str | None = None  # pair tasks, loop.pair_context=train: the field a real train text fills
+    # (None: the first); the LLM writes the other one
     hub: HubSource | None = None
 
     def __post_init__(self) -> None:
@@ -62,6 +64,8 @@ class Task:
         if len(self.labels) < 2:
             raise DataError(f"task {self.name}: needs at least two labels, got {self.labels}")
         self.field_labels = {f: self.field_labels.get(f, f) for f in self.fields}
+        if self.context_field is not None and self.context_field not in self.fields:
+            raise DataError(f"task {self.name}: context_field must be one of {self.fields}, got {self.context_field!r}")
         if isinstance(self.hub, Mapping):
             self.hub = HubSource(**self.hub)
 

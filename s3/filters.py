@@ -314,9 +314,11 @@ class Cleaner(FilterChain):
         label_names: Sequence[str],
         protected_texts: Iterable[str | Mapping[str, str]],
         meta_phrases: Iterable[str] = (),
+        leak_field: str | None = None,
     ) -> None:
         self.rules = QualityRules(cfg, fields, label_names, meta_phrases)
-        self.leak_guard = LeakGuard(cfg, fields, protected_texts)
+        # the field the LLM wrote (default: the last); a real text a row was given is not a leak
+        self.leak_guard = LeakGuard(cfg, [leak_field] if leak_field else fields, protected_texts)
         self.dedup = Deduplicator(cfg, fields)
         super().__init__([self.rules, self.leak_guard, self.dedup])
 
@@ -528,7 +530,10 @@ def build_filter_chain(
                 raise ValueError("loop.min_source_similarity > 0 needs a sentence embedder")
             filters.append(SourceSimilarity(embedder, task, cfg.min_source_similarity))
         return FilterChain(filters)
-    filters = [Cleaner(cfg.cleaning, task.fields, task.labels, protected, [task.example_kind])]
+    written = None  # pairs on real contexts: the leak guard reads the field the LLM wrote, not the given context
+    if task.is_pair and getattr(cfg, "pair_context", "llm") == "train":
+        written = next(f for f in task.fields if f != (task.context_field or task.fields[0]))
+    filters = [Cleaner(cfg.cleaning, task.fields, task.labels, protected, [task.example_kind], leak_field=written)]
     if cfg.min_source_similarity > 0:
         if embedder is None:
             raise ValueError("loop.min_source_similarity > 0 needs a sentence embedder")

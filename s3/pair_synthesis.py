@@ -1,8 +1,9 @@
 """Sentence-pair synthesis on real contexts, as the paper and ZeroGen do it (``loop.pair_context=train``).
 
-A seed row takes a premise (RTE) or passage (QNLI) from the task's own train split (its text only: the train
-labels and second fields are never used), and the LLM writes only the second field for the wanted label.
-Error extrapolation keeps the misclassified row's own premise and asks for a new second field like its one.
+A seed row takes a premise (RTE) or passage (QNLI: ``task.context_field``) from the task's own train split (its
+text only: the train labels and other fields are never used), and the LLM writes only the other field for the
+wanted label. Error extrapolation keeps the misclassified row's own context and asks for a new other field like
+its one.
 """
 
 from __future__ import annotations
@@ -37,28 +38,30 @@ class PairContextSynthesizer(Synthesizer):
         missing = [t for t in GIVEN_TEMPLATES if t not in task.prompts]
         if missing:
             raise ValueError(f"task {task.name!r}: loop.pair_context=train needs the prompt templates {missing}")
-        first = task.fields[0]
-        self.contexts = sorted({str(r[first]) for r in train_rows})  # sorted: the same order on every run
+        self.given = task.context_field or task.fields[0]  # what a real text fills; the LLM writes the other field
+        self.written = next(f for f in task.fields if f != self.given)
+        self.names = {"given_field": task.field_labels[self.given], "written_field": task.field_labels[self.written]}
+        self.contexts = sorted({str(r[self.given]) for r in train_rows})  # sorted: the same order on every run
         if not self.contexts:
             raise ValueError(f"task {task.name!r}: loop.pair_context=train needs a train split to take contexts from")
 
     def seed_job(self, template: str, fields: dict[str, Any], label: int, kind: str, rng: random.Random) -> Job:
         context = rng.choice(self.contexts)
-        messages = self.book.messages(f"{template}_given", context=self.book.cut(context), **fields)
-        return Job(messages, {"label": label, self.task.fields[0]: context}, kind)
+        messages = self.book.messages(f"{template}_given", context=self.book.cut(context), **self.names, **fields)
+        return Job(messages, {"label": label, self.given: context}, kind)
 
     def error_job(self, error: dict[str, Any]) -> Job:
-        first, second = self.task.fields
         messages = self.book.messages(
             "extrapolate_given",
-            context=self.book.cut(str(error[first])),
-            example=self.book.cut(str(error[second])),
+            context=self.book.cut(str(error[self.given])),
+            example=self.book.cut(str(error[self.written])),
+            **self.names,
             **self.book.label_fields(error["label"]),
         )
-        given = {"label": error["label"], first: error[first]}
+        given = {"label": error["label"], self.given: error[self.given]}
         return Job(messages, given, f"extrapolated-from-{error['id']}", self.task.text_of(error))
 
     def parse(self, job: Job, text: str) -> dict[str, Any] | str:
-        second = self.task.fields[-1]
-        parsed = parse_examples(text, [second], {second: self.task.field_labels[second]}, many=False)
-        return {second: parsed[0][second]} if parsed else "unparsable"
+        field = self.written
+        parsed = parse_examples(text, [field], {field: self.task.field_labels[field]}, many=False)
+        return {field: parsed[0][field]} if parsed else "unparsable"

@@ -337,19 +337,22 @@ class ScriptedPairLLM(LLM):
             rng = random.Random(u.sampling.seed)
             if prompt.startswith("List"):
                 text = RATIONALE
-            else:
-                text = "Hypothesis: " + " ".join(rng.sample(FILLER, 6)) + f" {rng.randrange(10**6)}."
+            else:  # the line the prompt asks for: "<written field>: <one sentence>"
+                field = prompt.strip().splitlines()[-1].split(":")[0]
+                text = f"{field}: " + " ".join(rng.sample(FILLER, 6)) + f" {rng.randrange(10**6)}."
             out.append(Completion(text, 10, 10, "stop"))
         return out
 
 
-def test_pair_rows_on_real_premises_keep_them_and_their_errors_premises(tmp_path, data_dir) -> None:
-    """loop.pair_context=train: every synthetic premise is a train-split premise, as given (the LLM writes only
-    the hypothesis); an extrapolated row keeps its error's premise; no train label or hypothesis is shown."""
+@pytest.mark.parametrize("task, given, written", [("rte", "text1", "text2"), ("qnli", "text2", "text1")])
+def test_pair_rows_on_real_contexts_keep_them_and_their_errors_contexts(tmp_path, data_dir, task, given, written):
+    """loop.pair_context=train: every synthetic context (RTE premise; QNLI sentence, `context_field`) is a
+    train-split text, as given (the LLM writes only the other field); an extrapolated row keeps its error's
+    context; the train split's other field is never shown."""
     cfg = compose_config(
         [
             *TINY,
-            "task=rte",
+            f"task={task}",
             "loop=s3",
             "loop.rounds=1",
             "loop.pair_context=train",
@@ -362,14 +365,14 @@ def test_pair_rows_on_real_premises_keep_them_and_their_errors_premises(tmp_path
     )
     llm = ScriptedPairLLM()
     run_experiment(cfg, run_dir=tmp_path / "run", llm=llm)
-    train = read_jsonl(data_dir / "rte" / "train.jsonl")
-    premises = {r["text1"] for r in train}
+    train = read_jsonl(data_dir / task / "train.jsonl")
+    contexts = {r[given] for r in train}
     rows = read_jsonl(tmp_path / "run" / "rounds" / "round_1" / "train.jsonl")
-    assert rows and all(r["text1"] in premises for r in rows if r["round"] == 0)
+    assert rows and all(r[given] in contexts for r in rows if r["round"] == 0)
     errors = {e["id"]: e for e in read_jsonl(tmp_path / "run" / "rounds" / "round_0" / "errors.jsonl")}
     extrapolated = [r for r in rows if r["round"] == 1]
-    assert extrapolated and all(r["text1"] == errors[r["source"].split("from-")[1]]["text1"] for r in extrapolated)
-    assert all(r["text2"].split()[0] in FILLER for r in rows)  # the LLM's hypothesis, parsed from its line
-    shown = {r["text2"] for r in read_jsonl(data_dir / "rte" / "validation.jsonl")}  # errors are shown
-    hypotheses = {r["text2"] for r in train if len(r["text2"]) > 30} - shown
-    assert not [p for p in llm.prompts if any(h in p for h in hypotheses)]  # the train split's other side unseen
+    assert extrapolated and all(r[given] == errors[r["source"].split("from-")[1]][given] for r in extrapolated)
+    assert all(r[written].split()[0] in FILLER for r in rows)  # the LLM's text, parsed from its line
+    shown = {r[written] for r in read_jsonl(data_dir / task / "validation.jsonl")}  # errors are shown
+    others = {r[written] for r in train if len(r[written]) > 30} - shown
+    assert not [p for p in llm.prompts if any(o in p for o in others)]  # the train split's other side unseen
