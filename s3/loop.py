@@ -256,6 +256,9 @@ def run_synthetic(
     gap: Any,
 ) -> dict[str, Any]:
     rounds_dir = run_dir / "rounds"
+    wants = task.prompts.get("pair_context", L.pair_context) if task.is_pair else L.pair_context
+    if wants != L.pair_context:  # e.g. the paper's RTE prompts, which only write hypotheses for real premises
+        raise UserError(f"task {task.name}'s prompt set is written for loop.pair_context={wants}; add that override")
     # Post-generation checks (s3.filters). Leak guard: synthetic copies of gold validation, held-out or test
     # texts (the whole test split) are dropped. The test set is used for nothing else here: no prompt sees it. The gold check
     # learns from the gold rows S3 learns from, never from the held-out ones.

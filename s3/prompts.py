@@ -60,8 +60,14 @@ class PromptBook:
             self.common.update(label_options=" or ".join(task.labels), num_items=10, field1=names[0], field2=names[-1])
 
     def label_fields(self, label: int) -> dict[str, str]:
+        """``label``, ``label_description`` and ``label_word`` (a prompt set's word for the label, e.g. the paper's
+        "correct"/"wrong" for RTE: its ``label_word_<label>`` entry; default: the label name)."""
         name = self.task.labels[label]
-        return {"label": name, "label_description": self.task.label_descriptions.get(name, f"its label is {name}")}
+        return {
+            "label": name,
+            "label_description": self.task.label_descriptions.get(name, f"its label is {name}"),
+            "label_word": self.task.prompts.get(f"label_word_{name}", name),
+        }
 
     def example(self, row: Mapping[str, Any]) -> str:
         """A row as shown inside a prompt: the text itself, or labelled lines for pairs; each field cut at a word

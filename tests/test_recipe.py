@@ -337,9 +337,10 @@ class ScriptedPairLLM(LLM):
             rng = random.Random(u.sampling.seed)
             if prompt.startswith("List"):
                 text = RATIONALE
-            else:  # the line the prompt asks for: "<written field>: <one sentence>"
-                field = prompt.strip().splitlines()[-1].split(":")[0]
-                text = f"{field}: " + " ".join(rng.sample(FILLER, 6)) + f" {rng.randrange(10**6)}."
+            else:  # the line the prompt asks for ("<written field>: <one sentence>"), or a bare continuation
+                asked = re.match(r"(\w+): <one sentence>$", prompt.strip().splitlines()[-1])
+                words = " ".join(rng.sample(FILLER, 6)) + f" {rng.randrange(10**6)}."
+                text = f"{asked.group(1)}: {words}" if asked else words
             out.append(Completion(text, 10, 10, "stop"))
         return out
 
@@ -376,3 +377,36 @@ def test_pair_rows_on_real_contexts_keep_them_and_their_errors_contexts(tmp_path
     shown = {r[written] for r in read_jsonl(data_dir / task / "validation.jsonl")}  # errors are shown
     others = {r[written] for r in train if len(r[written]) > 30} - shown
     assert not [p for p in llm.prompts if any(o in p for o in others)]  # the train split's other side unseen
+
+
+@pytest.mark.parametrize("task", ["rte", "qnli"])
+def test_the_papers_pair_prompts_run_verbatim_on_real_contexts(tmp_path, data_dir, task) -> None:
+    """prompts@task.prompts=paper_<task>: the Table 1 seed and extrapolation prompts, with the paper's label words,
+    filled with real contexts; a run without loop.pair_context=train is refused before any LLM call."""
+    base = [
+        *TINY,
+        f"task={task}",
+        f"prompts@task.prompts=paper_{task}",
+        "loop=s3",
+        "loop.rounds=1",
+        "loop.label_check=none",
+        "loop.gold_check=false",
+        "loop.min_source_similarity=0",
+        f"paths.data_dir={data_dir}",
+        f"paths.cache_dir={tmp_path / 'c'}",
+    ]
+    with pytest.raises(UserError, match="written for loop.pair_context=train"):
+        run_experiment(compose_config(base), run_dir=tmp_path / "refused", llm=NoCalls())
+    llm = ScriptedPairLLM()
+    run_experiment(compose_config([*base, "loop.pair_context=train"]), run_dir=tmp_path / "run", llm=llm)
+    words = {"rte": ("is definitely correct:", "is definitely wrong:"), "qnli": ("has answers in the", "not in the")}
+    seeds = [p for p in llm.prompts if p.endswith(("correct:", "wrong:", "information paragraph"))]
+    assert seeds and all(any(w in p for w in words[task]) for p in seeds)
+    assert any("Now write a sentence similar" in p or "Please write another question" in p for p in llm.prompts)
+
+
+class NoCalls(LLM):
+    name = "no-calls"
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        raise AssertionError("the LLM was called")
