@@ -1,0 +1,51 @@
+"""benchmarks/paper_table.py: every cell is a valid run config, and the table reads finished runs correctly."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from benchmarks.paper_table import COLUMNS, METHODS, PAPER, TASKS, cell_overrides, collect, table
+from s3.config import compose_config
+from s3.loop_config import loop_config
+
+ARGS = argparse.Namespace(budget=400, seed_size=200, rounds=2, gold_rows=None, qa_min_steps=300, extra="")
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_every_cell_composes_into_a_valid_run(task) -> None:
+    for method in METHODS:
+        cfg = compose_config(cell_overrides(task, method, ARGS))
+        loop = loop_config(cfg.loop)
+        assert loop.name == method and instantiate(cfg.task).name == task
+        if method != "gold":
+            assert loop.total_budget == 400
+        if method == "s3":
+            assert (loop.seed_size, loop.rounds, loop.max_new_per_round) == (200, 2, 100)
+
+
+def write_summary(out: Path, task: str, method: str, seed: int, **scores: float) -> None:
+    d = out / task / method / f"seed{seed}" / f"0_{task}_{method}_seed{seed}"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"task": task, "loop": method, "seed": seed, "n_train": 400, **scores}))
+
+
+def test_the_table_puts_ours_beside_the_papers_and_averages_the_five_columns(tmp_path) -> None:
+    for method, base in (("zerogen", 0.70), ("s3", 0.80)):
+        for seed in (0, 1):
+            for task in ("imdb", "qnli", "rte"):
+                write_summary(tmp_path, task, method, seed, test_acc=base + 0.02 * seed)
+            write_summary(tmp_path, "adqa", method, seed, test_em=base / 10, test_f1=base / 5)
+    write_summary(tmp_path, "rte", "gold", 0, test_acc=0.6)  # a row with one column only
+    found = collect(tmp_path, list(TASKS), ["gold", "zerogen", "s3"], ["0", "1"])
+    lines, averages = table(found, list(TASKS), ["gold", "zerogen", "s3"])
+    s3_row = next(line for line in lines if line.startswith("| s3 |"))
+    assert "81.0 ± 1.4 [2] (89.55)" in s3_row and "(34.40)" in s3_row  # imdb mean of 80 and 82; the paper's F1
+    assert averages["s3"] == pytest.approx((81 * 3 + 8 + 16) / 5)  # AdQA EM 8, F1 16 on both seeds
+    assert "gold" not in averages and "| gold | – (92.30)" in lines[2]  # incomplete: no average
+    paper_s3 = sum(PAPER["s3"][c][0] for c in COLUMNS) / 5
+    assert f"({paper_s3:.2f})" in s3_row
