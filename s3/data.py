@@ -312,13 +312,15 @@ def load_real_data(
     seed: int,
     need_train: bool = False,
     selection_fraction: float = 0.0,
+    gold_split: str = "validation",
 ) -> RealData:
-    """Gold validation = a label-stratified, seeded sample of the validation split, of which a stratified
-    ``selection_fraction`` is held out for model selection; test capped by ``max_test``."""
-    validation = load_split(task, "validation", data_dir)
+    """Gold validation = a label-stratified, seeded sample of ``gold_split`` (the validation split; ``train`` is the
+    paper's setting), of which a stratified ``selection_fraction`` is held out for model selection; test capped
+    by ``max_test``."""
+    validation = load_split(task, gold_split, data_dir)
     if num_gold_val is not None and num_gold_val > len(validation):
         raise UserError(
-            f"loop.num_gold_val={num_gold_val} but the {task.name} validation split has {len(validation)} rows"
+            f"loop.num_gold_val={num_gold_val} but the {task.name} {gold_split} split has {len(validation)} rows"
         )
     gold = stratified_sample(validation, num_gold_val, seed)
     n_select = round(selection_fraction * len(gold))
@@ -334,7 +336,7 @@ def load_real_data(
     if max_test is not None and max_test < len(test):
         # fixed seed, not the run seed: every method and seed is scored on the same test rows
         test = stratified_sample(test, max_test, TEST_CAP_SEED)
-    train = load_split(task, "train", data_dir) if need_train else None
+    train = (validation if gold_split == "train" else load_split(task, "train", data_dir)) if need_train else None
     return RealData(
         gold_val=gold_val,
         test=test,

@@ -533,7 +533,14 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
         or bool(cfg.gap.enabled and cfg.gap.vs_train)
     )
     real = load_real_data(
-        task, cfg.paths.data_dir, loop.num_gold_val, loop.max_test, cfg.seed, need_train, loop.selection_fraction
+        task,
+        cfg.paths.data_dir,
+        loop.num_gold_val,
+        loop.max_test,
+        cfg.seed,
+        need_train,
+        loop.selection_fraction,
+        loop.gold_split,
     )
     atomic_write_jsonl(
         run_dir / "gold_val_ids.jsonl",

@@ -20,6 +20,7 @@ SEED_PROMPTS = ("rationale", "zerogen", "goldgen")
 LABEL_CHECKS = ("none", "choice", "channel", "auto")
 ANSWER_SPANS = ("candidates", "llm", "train")
 BUDGET_SPLITS = ("even", "greedy")
+GOLD_SPLITS = ("validation", "train")
 PAIR_CONTEXTS = ("llm", "train")
 ONE_SHOT = ("zerogen", "goldgen", "s3_no_extrapolation")  # methods that are defined by having no feedback rounds
 
@@ -38,13 +39,17 @@ class LoopConfig:
     """What every method shares: how the real data is sampled for evaluation."""
 
     name: str
-    num_gold_val: int = 200  # the small real validation set (stratified, seeded): every gold label a method uses
+    num_gold_val: int | None = 200  # the small real validation set (stratified, seeded): every gold label a method
+    # uses; None = the whole gold_split
+    gold_split: str = "validation"  # where the gold set comes from: validation | train (the paper's D_gold(eval):
+    # its whole train split, with num_gold_val=null; a synthetic method then trains on no real row either way)
     selection_fraction: float = 0.25  # of it held out (stratified) to choose the epoch and report select_acc;
     # S3 never learns from these rows (no prompt, no label check). 0 = the paper: one set for both
     max_test: int | None = None  # cap on the test split (CI speed); None = the full split
 
     def __post_init__(self) -> None:
         at_least(self, "num_gold_val", 1)
+        one_of(self, "gold_split", GOLD_SPLITS)
         at_least(self, "max_test", 1)
         within(self, "selection_fraction", 0.0, 0.9)
 
@@ -59,6 +64,10 @@ class GoldLoopConfig(LoopConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         at_least(self, "gold_train_size", 1)
+        if self.gold_split != "validation":  # it trains on the train split: its gold set must be other rows
+            raise ValueError(
+                f"loop=gold evaluates on the validation split; loop.gold_split={self.gold_split} is for synthetic loops"
+            )
 
 
 @dataclass

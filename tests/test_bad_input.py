@@ -34,6 +34,8 @@ COMMAND_LINES = [
     (["loop.label_check=bogus"], "loop.label_check must be one of"),
     (["loop.pair_context=invented"], "loop.pair_context must be one of"),
     (["loop.budget_split=random"], "loop.budget_split must be one of"),
+    (["loop.gold_split=test"], "loop.gold_split must be one of"),
+    (["loop=gold", "loop.gold_split=train"], "loop=gold evaluates on the validation split"),
     (["loop=zerogen", "loop.rounds=1"], "loop=zerogen has no error extrapolation"),
     ([f"+llm.api_key={SECRET}"], "looks like a secret on the command line"),
     ([f"+secrets.hf_token={SECRET}"], "looks like a secret on the command line"),

@@ -410,3 +410,15 @@ class NoCalls(LLM):
 
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         raise AssertionError("the LLM was called")
+
+
+def test_the_papers_gold_set_from_the_train_split(tmp_path, data_dir) -> None:
+    """loop.gold_split=train (the paper's D_gold(eval) is its train split): the gold rows, and so the errors the
+    LLM sees, are train rows; the test split is still only scored."""
+    cfg = compose_config(
+        [*TINY, "loop=goldgen", "loop.gold_split=train", f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path}"]
+    )
+    run_experiment(cfg, run_dir=tmp_path / "run", llm=ScriptedSentimentLLM())
+    parts = read_jsonl(tmp_path / "run" / "gold_val_ids.jsonl")
+    train_ids = {r["id"] for r in read_jsonl(data_dir / "sst2" / "train.jsonl")}
+    assert len(parts) == 24 and {p["id"] for p in parts} <= train_ids
