@@ -373,8 +373,7 @@ class GoldLabelCheck(FlagFilter):
         self.embedder, self.task = embedder, task
         counts = Counter(r["label"] for r in gold_rows)
         # A rare label (fewer than 2 gold rows) cannot be learned or validated: its rows are not judged, and the
-        # others still are; cross-validation uses as many folds as the rarest checked label allows (at most ``folds``),
-        # and labels weigh alike, so a rare one is not drowned by the common ones.
+        # others still are; cross-validation uses as many folds as the rarest checked label allows (at most ``folds``).
         self.labels = {k for k, n in counts.items() if n >= 2}
         self.model: Any = None
         self.cv_accuracy = 0.0
@@ -387,11 +386,13 @@ class GoldLabelCheck(FlagFilter):
         y = [r["label"] for r in rows]
         k = min(folds, min(counts[label] for label in self.labels))
         cv = StratifiedKFold(k, shuffle=True, random_state=seed)
-        self.cv_accuracy = float(
-            cross_val_score(LogisticRegression(max_iter=2000, class_weight="balanced"), x, y, cv=cv).mean()
-        )
+        shown = [counts[label] for label in self.labels]
+        # synthetic rows are asked for label-balanced: where the gold labels are far from it (a rare label), weigh
+        # them alike, or the rare label's rows would mostly be put in a common one
+        model = LogisticRegression(max_iter=2000, class_weight="balanced" if max(shown) > 2 * min(shown) else None)
+        self.cv_accuracy = float(cross_val_score(model, x, y, cv=cv).mean())
         if self.cv_accuracy >= min_accuracy:
-            self.model = LogisticRegression(max_iter=2000, class_weight="balanced").fit(x, y)
+            self.model = model.fit(x, y)
         log.info(
             "gold label check %s: %d-fold cross-validated accuracy %.3f on %d gold rows (needs %.2f)%s",
             "on" if self.model is not None else "off",
