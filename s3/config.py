@@ -63,7 +63,7 @@ if not OmegaConf.has_resolver("s3_sweep_variant"):
 
 
 SECRET_MARKERS = ("key", "token", "secret", "password")
-URL_CREDENTIALS = re.compile(r"(://)[^/@\s:]+:[^/@\s]+@")
+URL_CREDENTIALS = re.compile(r"(://)[^/@\s]+@")  # user:password@ or a bare token@ before the host
 
 
 def is_secret_key(key: str) -> bool:
@@ -103,8 +103,13 @@ def check_overrides(args: list[str]) -> None:
     from s3.classifier import small_model_config
     from s3.loop_config import loop_config
 
-    loop_config(cfg.loop)  # ranges: one UserError line each
+    loop = loop_config(cfg.loop)  # ranges: one UserError line each
     small_model_config(cfg.small_model)
+    wants = (cfg.task.get("prompts") or {}).get("pair_context")
+    if wants and getattr(loop, "pair_context", wants) != wants:  # e.g. the paper's RTE prompts: real premises only
+        raise UserError(
+            f"task {cfg.task.name}'s prompt set is written for loop.pair_context={wants}; add that override"
+        )
 
 
 def one_line(err: BaseException) -> str:

@@ -336,7 +336,13 @@ def load_real_data(
     if max_test is not None and max_test < len(test):
         # fixed seed, not the run seed: every method and seed is scored on the same test rows
         test = stratified_sample(test, max_test, TEST_CAP_SEED)
-    train = (validation if gold_split == "train" else load_split(task, "train", data_dir)) if need_train else None
+    train = None
+    if need_train:  # with gold_split=train, minus the held-out rows: they never become prompt material either
+        train = (
+            [r for r in validation if id(r) not in held_out]
+            if gold_split == "train"
+            else load_split(task, "train", data_dir)
+        )
     return RealData(
         gold_val=gold_val,
         test=test,

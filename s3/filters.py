@@ -197,10 +197,11 @@ class LeakGuard(FlagFilter):
     """Drops copies and near-copies of protected texts (gold validation and test rows): a row whose word n-grams
     are mostly those of one protected text, or that contains most of one (pasted inside chatter).
 
-    Pair tasks: only the last field (RTE hypothesis, QNLI sentence) is compared. RTE reuses premises across
-    train/validation/test in the real data, so a shared premise is not a leak; a copied pair always copies its
-    last field, so the full-pair exact match is covered too. Pass gold *rows* (mappings with the ``fields``) for
-    pair tasks; plain strings are taken as last-field texts.
+    Only the last of ``fields`` is compared: for pairs the field the LLM wrote (RTE hypothesis; QNLI sentence, or
+    its question when real sentences are given, ``loop.pair_context=train``). RTE reuses premises across
+    train/validation/test in the real data, so a shared premise is not a leak; a copied pair always copies the
+    written field, so the full-pair exact match is covered too. Pass gold *rows* (mappings with the ``fields``)
+    for pair tasks; plain strings are taken as texts of that field.
     """
 
     reason = "leak"
@@ -317,7 +318,7 @@ class Cleaner(FilterChain):
         leak_field: str | None = None,
     ) -> None:
         self.rules = QualityRules(cfg, fields, label_names, meta_phrases)
-        # the field the LLM wrote (default: the last); a real text a row was given is not a leak
+        # the leak guard reads the field the LLM wrote (default: the last field); a real text a row was given is not a leak
         self.leak_guard = LeakGuard(cfg, [leak_field] if leak_field else fields, protected_texts)
         self.dedup = Deduplicator(cfg, fields)
         super().__init__([self.rules, self.leak_guard, self.dedup])
@@ -340,11 +341,14 @@ class SourceSimilarity(FlagFilter):
 
     reason = "off_source"
 
-    def __init__(self, embedder: Any, task: Task, min_similarity: float):
-        self.embedder, self.task, self.min_similarity = embedder, task, min_similarity
+    def __init__(self, embedder: Any, task: Task, min_similarity: float, field: str | None = None):
+        """``field``: compare only it (the one the LLM wrote, when the other is a copied real context); the
+        reference is then that field of the source."""
+        self.embedder, self.task, self.min_similarity, self.field = embedder, task, min_similarity, field
 
     def keep(self, rows: Sequence[dict]) -> list[bool]:
-        pairs = [(i, self.task.text_of(r), r[REFERENCE]) for i, r in enumerate(rows) if r.get(REFERENCE)]
+        text = (lambda r: str(r[self.field])) if self.field else self.task.text_of
+        pairs = [(i, text(r), r[REFERENCE]) for i, r in enumerate(rows) if r.get(REFERENCE)]
         ok = [True] * len(rows)
         if pairs:
             new = self.embedder.embed([text for _, text, _ in pairs])
@@ -538,7 +542,7 @@ def build_filter_chain(
     if cfg.min_source_similarity > 0:
         if embedder is None:
             raise ValueError("loop.min_source_similarity > 0 needs a sentence embedder")
-        filters.append(SourceSimilarity(embedder, task, cfg.min_source_similarity))
+        filters.append(SourceSimilarity(embedder, task, cfg.min_source_similarity, field=written))
     if gold_check is not None:
         filters.append(gold_check)
     if cfg.label_check != "none":

@@ -486,13 +486,13 @@ def wandb_group(cfg: DictConfig, task: Task, llm_choice: str, variant: str) -> s
 
 
 def threads_per_job(launcher: Any, cores: int) -> int | None:
-    """Torch threads for one job when a launcher runs several side by side (joblib's ``n_jobs``; -1 = one job per
-    core): an equal share of the cores. Two torch processes that each use every core slow each other down many
+    """Torch threads for one job when a launcher runs several side by side (joblib's ``n_jobs``; negative as joblib
+    reads it: -1 = as many jobs as cores): an equal share of the cores. Two torch processes that each use every core slow each other down many
     times over (their OpenMP threads spin), so each job gets its own cores. None: one job at a time."""
     n_jobs = OmegaConf.select(OmegaConf.create(launcher or {}), "n_jobs")
     if not n_jobs or n_jobs == 1:
         return None
-    jobs = cores if n_jobs < 0 else min(n_jobs, cores)
+    jobs = max(1, cores + 1 + n_jobs) if n_jobs < 0 else min(n_jobs, cores)  # joblib: -1 = every core, -2 = all but one
     return max(1, cores // jobs)
 
 

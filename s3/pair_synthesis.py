@@ -59,7 +59,7 @@ class PairContextSynthesizer(Synthesizer):
             **self.book.label_fields(error["label"]),
         )
         given = {"label": error["label"], self.given: error[self.given]}
-        return Job(messages, given, f"extrapolated-from-{error['id']}", self.task.text_of(error))
+        return Job(messages, given, f"extrapolated-from-{error['id']}", str(error[self.written]))  # like its field
 
     def parse(self, job: Job, text: str) -> dict[str, Any] | str:
         field = self.written

@@ -30,6 +30,7 @@ class Phase:
         self.name, self.target = name, target
         self.asked = self.answered = self.tokens = self.kept = 0
         self.started = self.last_line = time.perf_counter()
+        self.lock = threading.Lock()  # backends report from worker threads
         self.bar: Any = None
         if live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -47,6 +48,12 @@ class Phase:
 
     def _kept_text(self) -> str:
         return f"{self.kept}/{self.target}" if self.target is not None else str(self.kept)
+
+    def report(self, answers: int, tokens: int = 0) -> None:
+        with self.lock:
+            self.answered += answers
+            self.tokens += tokens
+            self.update()
 
     def rate(self) -> float:
         return self.tokens / max(time.perf_counter() - self.started, 1e-9)
@@ -97,23 +104,14 @@ def asked(answers: int) -> None:
 
 def answered(answers: int, tokens: int = 0) -> None:
     """This many answers (with this many new tokens) are done."""
-    reporter()(answers, tokens)
+    if (phase := _phase.get()) is not None:
+        phase.report(answers, tokens)
 
 
 def reporter() -> Callable[[int, int], None]:
     """``answered`` bound to the current phase, for worker threads (which do not see the caller's context)."""
     phase = _phase.get()
-    if phase is None:
-        return lambda answers, tokens=0: None
-    lock = threading.Lock()
-
-    def report(answers: int, tokens: int = 0) -> None:
-        with lock:
-            phase.answered += answers
-            phase.tokens += tokens
-            phase.update()
-
-    return report
+    return phase.report if phase is not None else (lambda answers, tokens=0: None)
 
 
 def answered_so_far() -> int:

@@ -36,6 +36,7 @@ COMMAND_LINES = [
     (["loop.budget_split=random"], "loop.budget_split must be one of"),
     (["loop.gold_split=test"], "loop.gold_split must be one of"),
     (["loop=gold", "loop.gold_split=train"], "loop=gold evaluates on the validation split"),
+    (["task=rte", "prompts@task.prompts=paper_rte"], "written for loop.pair_context=train"),
     (["loop=zerogen", "loop.rounds=1"], "loop=zerogen has no error extrapolation"),
     ([f"+llm.api_key={SECRET}"], "looks like a secret on the command line"),
     ([f"+secrets.hf_token={SECRET}"], "looks like a secret on the command line"),

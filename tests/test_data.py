@@ -174,3 +174,13 @@ def test_a_huge_csv_field_is_read(tmp_path):
 def test_asking_for_more_gold_rows_than_the_split_has_is_an_error(data_dir):
     with pytest.raises(UserError, match="num_gold_val=5000 but the sst2 validation split has 872 rows"):
         load_real_data(task("sst2"), data_dir, 5000, 300, seed=0)
+
+
+def test_the_papers_gold_set_from_train_keeps_its_held_out_rows_out_of_synthesis(data_dir):
+    """loop.gold_split=train: the gold rows come from the train split, and the train rows synthesis may show
+    (pair contexts, QA passages) leave out the held-out selection rows."""
+    task = instantiate(compose_config(["task=rte"]).task)
+    real = load_real_data(task, data_dir, 40, 50, 0, need_train=True, selection_fraction=0.25, gold_split="train")
+    train_ids = {r["id"] for r in real.train}
+    assert {r["id"] for r in real.gold_val} <= train_ids and not {r["id"] for r in real.select} & train_ids
+    assert {r["id"] for r in real.gold_val + real.select} <= {r["id"] for r in load_split(task, "train", data_dir)}

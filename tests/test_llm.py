@@ -136,6 +136,21 @@ def test_cache_reuses_per_sample_and_rerun_makes_no_backend_calls(tmp_path: Path
     assert cache_key("m", review("x", seed=1), 0) != cache_key("m", review("x", seed=2), 0)
 
 
+class TooLongLLM(FakeLLM):
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        self.seen.extend(units)
+        return [Completion("", 99, 0, PROMPT_TOO_LONG) for _ in units]
+
+
+def test_a_skipped_prompt_is_not_cached(tmp_path) -> None:
+    """A prompt skipped for its length is not an answer: a later run (a larger context) asks again."""
+    backend = TooLongLLM()
+    llm = CachedLLM(backend, tmp_path)
+    llm.generate([review("positive", seed=1)])
+    llm.generate([review("positive", seed=1)])
+    assert len(backend.seen) == 2 and len(llm.store) == 0
+
+
 def test_a_damaged_cache_entry_is_reported_with_its_path_and_generated_again(tmp_path, caplog) -> None:
     fake = FakeLLM()
     llm = CachedLLM(fake, tmp_path)
@@ -411,6 +426,12 @@ class TestVLLMInProcess:
         assert [c.text for c in again[1]] == [c.text for c in out[77]]
         assert out[5][0].text != out[5][1].text
 
+    def test_a_prompt_longer_than_the_context_is_skipped_not_a_failed_batch(self, engine: LLM) -> None:
+        huge = ChatRequest.from_messages([{"role": "user", "content": "word " * 1500}], Sampling(max_tokens=8))
+        out = engine.generate([huge, review("positive", seed=1, max_tokens=8)])  # max_model_len is 1024
+        assert out[0][0].finish_reason == PROMPT_TOO_LONG and out[0][0].prompt_tokens > 1024
+        assert out[1][0].finish_reason != PROMPT_TOO_LONG and out[1][0].text
+
     def test_choices_via_structured_outputs(self, engine: LLM) -> None:
         out = engine.generate(
             [SENTIMENT, ChatRequest(SENTIMENT.messages, Sampling(seed=1, n=3, max_tokens=8), SENTIMENT.choices)]
@@ -474,7 +495,11 @@ class TestOpenAIServer:
             review("positive", seed=5, n=2),
             SENTIMENT,
         ]
-        out = llm.generate(reqs, call_site="seed")
+        from s3.progress import llm_phase
+
+        with llm_phase("seed set", live=False) as phase:  # answers finish in worker threads
+            out = llm.generate(reqs, call_site="seed")
+        assert phase.asked == phase.answered == 5 and phase.tokens > 0  # each answer counted once
         assert out[0][0].text.strip() and out[0][0].text != out[1][0].text
         assert out[2][0].text != out[2][1].text
         assert out[3][0].text in SENTIMENT.choices

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from s3 import progress
 from s3.atomic import atomic_write_text
-from s3.llm.base import LLM, ChatRequest, Completion, Usage
+from s3.llm.base import LLM, PROMPT_TOO_LONG, ChatRequest, Completion, Usage
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,8 @@ class CachedLLM(LLM):
             fresh = [c[0] for c in self.backend.generate(units, call_site, count=False)]
             progress.answered(sum(len(slots) - 1 for slots in missing.values()))  # duplicates within the call
             for (key, slots), c in zip(missing.items(), fresh):
-                self.store.put(key, c)
+                if c.finish_reason != PROMPT_TOO_LONG:  # not an answer: a larger context may give one later
+                    self.store.put(key, c)
                 for ri, si in slots:
                     out[ri][si] = c
         called = len({ri for slots in missing.values() for ri, _ in slots})

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import openai
@@ -108,7 +108,14 @@ class OpenAIBackend(LLM):
         except _RETRYABLE as e:
             raise self._unavailable(e) from None
 
-    def _call(self, unit: ChatRequest, deadline: float, stop: threading.Event, warned: set[int]) -> Completion:
+    def _call(
+        self,
+        unit: ChatRequest,
+        deadline: float,
+        stop: threading.Event,
+        warned: set[int],
+        report: Callable[[int, int], None] = lambda answers, tokens=0: None,
+    ) -> Completion:
         s = unit.sampling
         kwargs = dict(
             model=self.model,
@@ -148,7 +155,9 @@ class OpenAIBackend(LLM):
                 reason = "unmatched_choice"
             text = matched or text
         usage = resp.usage
-        return Completion(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, reason)
+        done = Completion(text, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, reason)
+        report(1, done.completion_tokens)  # before the future completes: the caller's count then already has it
+        return done
 
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         deadline = time.monotonic() + self.total_timeout_s
@@ -156,12 +165,8 @@ class OpenAIBackend(LLM):
         warned: set[int] = set()  # retry rounds already logged for this batch
         pool = ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(units))))
         try:
-            futures = [pool.submit(self._call, u, deadline, stop, warned) for u in units]
-            report = progress.reporter()  # requests finish in worker threads
-            for f in futures:
-                f.add_done_callback(
-                    lambda f: not f.cancelled() and f.exception() is None and report(1, f.result().completion_tokens)
-                )
+            report = progress.reporter()  # requests finish in worker threads, which report before they return
+            futures = [pool.submit(self._call, u, deadline, stop, warned, report) for u in units]
             done, pending = wait(futures, timeout=self.total_timeout_s, return_when=FIRST_EXCEPTION)
             for f in done:
                 if (e := f.exception()) is not None:

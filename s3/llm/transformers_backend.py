@@ -103,7 +103,13 @@ class TransformersLLM(LLM):
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         out: list[Completion | None] = [None] * len(units)
         prompts = [self.prompt(u) for u in units]
-        skipped = skip_too_long(units, [len(p) for p in prompts], self.context)
+        free_units = [i for i, u in enumerate(units) if u.choices is None]  # label checks score short choices
+        skipped = {
+            free_units[j]: c
+            for j, c in skip_too_long(
+                [units[i] for i in free_units], [len(prompts[i]) for i in free_units], self.context
+            ).items()
+        }
         free: dict[tuple[str, ...], list[int]] = defaultdict(list)
         constrained: list[int] = []
         for i, u in enumerate(units):

@@ -89,11 +89,10 @@ class VLLMBackend(LLM):
         if not self.use_chat_template:
             return len(tokenizer(render_plain(unit.messages))["input_ids"])
         cont = unit.messages[-1].role == "assistant"
-        return len(
-            tokenizer.apply_chat_template(
-                unit.as_dicts(), tokenize=True, add_generation_prompt=not cont, continue_final_message=cont
-            )
+        text = tokenizer.apply_chat_template(
+            unit.as_dicts(), tokenize=False, add_generation_prompt=not cont, continue_final_message=cont
         )
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         skipped = skip_too_long(units, [self.prompt_tokens(u) for u in units], self.max_model_len)  # vLLM would fail
