@@ -45,6 +45,8 @@ class Phase:
             )
             self.task = self.bar.add_task(name, total=None, rate="-", kept=self._kept_text())
             self.bar.start()
+        else:  # a line now, so a log shows the phase began even before its first batch is answered
+            log.info("%s: started%s", name, f" (target: {target} rows)" if target is not None else "")
 
     def _kept_text(self) -> str:
         return f"{self.kept}/{self.target}" if self.target is not None else str(self.kept)
