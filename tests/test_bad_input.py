@@ -5,14 +5,12 @@ Hydra makes a run dir, the data when it is read (still before the LLM), the LLM 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, NoLLM, run_cli
 from s3.config import UserError, check_overrides, compose_config, refuse_secret_overrides
-from s3.llm import LLM, ChatRequest, Completion
 from s3.loop import run_experiment
 
 SECRET = "sk-THIS-IS-SECRET-42"
@@ -52,15 +50,6 @@ def test_a_bad_command_line_is_one_line_before_hydra_starts(overrides: list[str]
         check_overrides(overrides)
     text = str(err.value)
     assert message in text and "\n" not in text and SECRET not in text
-
-
-class NoLLM(LLM):
-    """Fails the test if the run gets as far as asking the LLM."""
-
-    name = "no-llm"
-
-    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
-        raise AssertionError("the LLM was called")
 
 
 def custom_data(root: Path, split: str = "", text: bytes | None = None) -> Path:

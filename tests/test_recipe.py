@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import s3.loop
-from conftest import read_jsonl
+from conftest import NoLLM, read_jsonl
 from s3.config import UserError, compose_config
 from s3.filters import GoldLabelCheck
 from s3.llm import LLM, ChatRequest, Completion, usage_totals
@@ -396,20 +396,13 @@ def test_the_papers_pair_prompts_run_verbatim_on_real_contexts(tmp_path, data_di
         f"paths.cache_dir={tmp_path / 'c'}",
     ]
     with pytest.raises(UserError, match="written for loop.pair_context=train"):
-        run_experiment(compose_config(base), run_dir=tmp_path / "refused", llm=NoCalls())
+        run_experiment(compose_config(base), run_dir=tmp_path / "refused", llm=NoLLM())
     llm = ScriptedPairLLM()
     run_experiment(compose_config([*base, "loop.pair_context=train"]), run_dir=tmp_path / "run", llm=llm)
     words = {"rte": ("is definitely correct:", "is definitely wrong:"), "qnli": ("has answers in the", "not in the")}
     seeds = [p for p in llm.prompts if p.endswith(("correct:", "wrong:", "information paragraph"))]
     assert seeds and all(any(w in p for w in words[task]) for p in seeds)
     assert any("Now write a sentence similar" in p or "Please write another question" in p for p in llm.prompts)
-
-
-class NoCalls(LLM):
-    name = "no-calls"
-
-    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
-        raise AssertionError("the LLM was called")
 
 
 def test_the_papers_gold_set_from_the_train_split(tmp_path, data_dir) -> None:
