@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class Task:
     max_tokens: int = 160  # LLM tokens that fit one example (a task config may set its own)
     context_field: str | None = None  # pair tasks, loop.pair_context=train: the field a real train text fills
     # (None: the first); the LLM writes the other one
+    patterns: dict[str, str] = field(default_factory=dict)  # field -> a regular expression every example's text
+    # in that field matches (re.search), e.g. {text: '\?\s*$'} for questions; synthetic rows that do not are dropped
     hub: HubSource | None = None
 
     def __post_init__(self) -> None:
@@ -66,6 +69,15 @@ class Task:
         self.field_labels = {f: self.field_labels.get(f, f) for f in self.fields}
         if self.context_field is not None and self.context_field not in self.fields:
             raise DataError(f"task {self.name}: context_field must be one of {self.fields}, got {self.context_field!r}")
+        for f, pattern in self.patterns.items():
+            if f not in self.fields:
+                raise DataError(f"task {self.name}: patterns.{f}: no such field (fields: {self.fields})")
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise DataError(
+                    f"task {self.name}: patterns.{f}: {pattern!r} is not a regular expression ({err})"
+                ) from None
         if isinstance(self.hub, Mapping):
             self.hub = HubSource(**self.hub)
 

@@ -2,7 +2,7 @@
 
 A parsed LLM answer becomes a candidate row; the chain decides whether it joins the synthetic set:
 
-    quality rules -> leak guard -> dedup -> source similarity -> gold label check -> LLM label check
+    quality rules -> leak guard -> dedup -> source similarity -> kind check -> gold label check -> LLM label check
 
 Every filter has one interface (``split: rows -> kept rows, dropped rows with their reason``; calling it gives
 kept rows and drop counts) and names the reasons it drops for; the
@@ -13,6 +13,7 @@ chain from the loop config; ``Cleaner`` is its text part (the first three), also
 from __future__ import annotations
 
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -110,13 +111,16 @@ class FilterChain(RowFilter):
 
 
 class QualityRules(RowFilter):
-    """Per-row rules: empty, refusals, assistant talk, length, and (optionally) stating the label outright."""
+    """Per-row rules: empty, refusals, assistant talk, length, the task's declared format (``task.patterns``), and
+    (optionally) stating the label outright."""
 
-    reasons = ("empty", "refusal", "boilerplate", "too_short", "too_long", "states_label")  # type: ignore[assignment]
+    reasons = ("empty", "refusal", "boilerplate", "too_short", "too_long", "wrong_format", "states_label")  # type: ignore[assignment]
 
     def __init__(self, cfg: CleaningConfig, fields: Sequence[str], label_names: Sequence[str],
-                 meta_phrases: Iterable[str] = ()):  # fmt: skip
+                 meta_phrases: Iterable[str] = (), patterns: Mapping[str, str] | None = None):  # fmt: skip
+        """``patterns``: field -> the regular expression its text must match (the task's declared format)."""
         self.cfg, self.fields = cfg, list(fields)
+        self.patterns = {f: re.compile(p) for f, p in (patterns or {}).items()}
         self.label_names = [normalize(n) for n in label_names]
         # The task's own framing ("movie review sentence") inside an example is the LLM talking about the task;
         # real SST-2/IMDb text never contains it. Single words ("tweet") are too common to use this way.
@@ -137,6 +141,8 @@ class QualityRules(RowFilter):
             return "too_short"
         if max(lengths) > self.cfg.max_words:
             return "too_long"
+        if any(not p.search(str(row.get(f) or "").strip()) for f, p in self.patterns.items()):
+            return "wrong_format"
         label = int(row.get("label", -1))  # extractive QA rows have no label
         if self.cfg.forbid_label_words and 0 <= label < len(self.label_names):
             name = f" {self.label_names[label]} "
@@ -316,8 +322,9 @@ class Cleaner(FilterChain):
         protected_texts: Iterable[str | Mapping[str, str]],
         meta_phrases: Iterable[str] = (),
         leak_field: str | None = None,
+        patterns: Mapping[str, str] | None = None,
     ) -> None:
-        self.rules = QualityRules(cfg, fields, label_names, meta_phrases)
+        self.rules = QualityRules(cfg, fields, label_names, meta_phrases, patterns)
         # the leak guard reads the field the LLM wrote (default: the last field); a real text a row was given is not a leak
         self.leak_guard = LeakGuard(cfg, [leak_field] if leak_field else fields, protected_texts)
         self.dedup = Deduplicator(cfg, fields)
@@ -356,6 +363,69 @@ class SourceSimilarity(FlagFilter):
             for (i, _, _), sim in zip(pairs, (new * old).sum(1)):
                 ok[i] = bool(sim >= self.min_similarity)
         return ok
+
+
+class KindCheck(FlagFilter):
+    """An answer must be an example of the task's kind: about as like some real (gold) example as real examples are
+    to each other.
+
+    A small LLM asked for one example of a label sometimes writes prose about the label instead ("A good question
+    is defined as..."), which no text rule catches. The gold rows define the kind: each one's cosine to its nearest
+    other gold row is a score a real example gets. A row whose cosine to its nearest gold row is below the
+    ``quantile`` of those scores is unlike any real example and is dropped; a real example would be dropped about a
+    ``quantile`` of the time (conformal novelty detection on sentence embeddings). Too few gold rows: off.
+    """
+
+    reason = "off_kind"
+    MIN_GOLD = 10
+
+    def __init__(self, embedder: Any, task: Task, gold_rows: Sequence[Mapping[str, Any]], quantile: float,
+                 field: str | None = None):  # fmt: skip
+        """``field``: compare only it (the one the LLM writes, when the other is a copied real context)."""
+        self.embedder, self.task, self.field = embedder, task, field
+        self.gold: np.ndarray | None = None
+        self.threshold = -1.0
+        if len(gold_rows) < self.MIN_GOLD:
+            log.warning("kind check off: %d gold rows (needs %d)", len(gold_rows), self.MIN_GOLD)
+            return
+        self.gold = np.asarray(embedder.embed([self.text(r) for r in gold_rows]), dtype=np.float32)
+        sims = self.gold @ self.gold.T
+        np.fill_diagonal(sims, -np.inf)
+        self.threshold = float(np.quantile(sims.max(1), quantile, method="lower"))
+        log.info(
+            "kind check on: a row must reach cosine %.3f to its nearest of %d gold rows (%.0f%% of gold rows are "
+            "less like their nearest other one)",
+            self.threshold,
+            len(gold_rows),
+            100 * quantile,
+        )
+
+    def text(self, row: Mapping[str, Any]) -> str:
+        return str(row[self.field]) if self.field else self.task.text_of(row)
+
+    def nearest_gold(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Each row's cosine to its nearest gold row."""
+        assert self.gold is not None
+        return (np.asarray(self.embedder.embed([self.text(r) for r in rows]), dtype=np.float32) @ self.gold.T).max(1)
+
+    def keep(self, rows: Sequence[dict]) -> list[bool]:
+        if self.gold is None:
+            return [True] * len(rows)
+        return [bool(s >= self.threshold) for s in self.nearest_gold(rows)]
+
+
+def check_patterns(task: Task, gold_rows: Sequence[Mapping[str, Any]]) -> None:
+    """A declared format the task's own gold rows mostly break is a wrong pattern, not a format: one line, before
+    any LLM work; otherwise the log says how many gold rows match."""
+    for f, pattern in (getattr(task, "patterns", None) or {}).items():
+        regex = re.compile(pattern)
+        share = sum(bool(regex.search(str(r[f]).strip())) for r in gold_rows) / max(1, len(gold_rows))
+        if share < 0.5:
+            raise UserError(
+                f"task {task.name}: patterns.{f} {pattern!r} matches only {share:.0%} of the {len(gold_rows)} gold "
+                f"rows; synthetic rows must match it, so it should describe the real ones"
+            )
+        log.info("format check: %s must match %r (%.0f%% of gold rows do)", f, pattern, 100 * share)
 
 
 class GoldLabelCheck(FlagFilter):
@@ -497,6 +567,7 @@ DROP_REASONS: tuple[str, ...] = (
     LeakGuard.reason,
     *Deduplicator.reasons,
     SourceSimilarity.reason,
+    KindCheck.reason,
     GoldLabelCheck.reason,
     LLMLabelCheck.reason,
     *OTHER_DROP_REASONS,
@@ -519,30 +590,42 @@ def build_filter_chain(
     llm: LLM | None = None,
     embedder: Any = None,
     gold_check: GoldLabelCheck | None = None,
+    gold_rows: Sequence[Mapping[str, Any]] = (),
 ) -> FilterChain:
-    """The loop's chain (``cfg``: a ``SyntheticLoopConfig``): the text checks, then each check it turns on.
+    """The loop's chain (``cfg``: a ``SyntheticLoopConfig``): the text checks, then each check it turns on
+    (``gold_rows``: the labelled real rows the run learns from, which define the task's kind).
 
     Extractive QA: the checks read the question (the LLM's part); duplicates are the same question about the same
-    passage; the label checks do not apply."""
+    passage; the label checks do not apply; the declared format is the parser's (a question)."""
     if getattr(task, "kind", "") == "extractive_qa":
         filters: list[RowFilter] = [
             QualityRules(cfg.cleaning, ["question"], [], [task.example_kind]),
             LeakGuard(cfg.cleaning, ["question"], protected),
             Deduplicator(cfg.cleaning, ["context", "question"]),
         ]
+        if (cfg.min_source_similarity > 0 or cfg.kind_check) and embedder is None:
+            raise ValueError("loop.min_source_similarity > 0 and loop.kind_check need a sentence embedder")
         if cfg.min_source_similarity > 0:
-            if embedder is None:
-                raise ValueError("loop.min_source_similarity > 0 needs a sentence embedder")
             filters.append(SourceSimilarity(embedder, task, cfg.min_source_similarity))
+        if cfg.kind_check:
+            filters.append(KindCheck(embedder, task, gold_rows, cfg.kind_check_quantile, field="question"))
         return FilterChain(filters)
     written = None  # pairs on real contexts: the leak guard reads the field the LLM wrote, not the given context
     if task.is_pair and getattr(cfg, "pair_context", "llm") == "train":
         written = next(f for f in task.fields if f != (task.context_field or task.fields[0]))
-    filters = [Cleaner(cfg.cleaning, task.fields, task.labels, protected, [task.example_kind], leak_field=written)]
+    check_patterns(task, gold_rows)
+    filters = [
+        Cleaner(
+            cfg.cleaning, task.fields, task.labels, protected, [task.example_kind], leak_field=written,
+            patterns=task.patterns,
+        )
+    ]  # fmt: skip
+    if (cfg.min_source_similarity > 0 or cfg.kind_check) and embedder is None:
+        raise ValueError("loop.min_source_similarity > 0 and loop.kind_check need a sentence embedder")
     if cfg.min_source_similarity > 0:
-        if embedder is None:
-            raise ValueError("loop.min_source_similarity > 0 needs a sentence embedder")
         filters.append(SourceSimilarity(embedder, task, cfg.min_source_similarity, field=written))
+    if cfg.kind_check:
+        filters.append(KindCheck(embedder, task, gold_rows, cfg.kind_check_quantile, field=written))
     if gold_check is not None:
         filters.append(gold_check)
     if cfg.label_check != "none":

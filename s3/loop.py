@@ -272,8 +272,9 @@ def run_synthetic(
         task,
         protected=real.protected,
         llm=llm,
-        embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 else None,
+        embedder=sentence_embedder(cfg) if L.min_source_similarity > 0 or L.kind_check else None,
         gold_check=gold_check,
+        gold_rows=real.gold_val,
     )
     if is_qa(task):  # questions written for real passages of the train split (never its questions)
         assert real.train is not None

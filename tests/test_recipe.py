@@ -321,7 +321,7 @@ def test_jobs_run_side_by_side_share_the_cores() -> None:
 
 
 class ScriptedPairLLM(LLM):
-    """Answers a pair prompt with one hypothesis line of seeded words."""
+    """Answers a pair prompt with one line of seeded words, ended as a question (QNLI declares that format)."""
 
     name = "scripted-pair"
 
@@ -339,7 +339,7 @@ class ScriptedPairLLM(LLM):
                 text = RATIONALE
             else:  # the line the prompt asks for ("<written field>: <one sentence>"), or a bare continuation
                 asked = re.match(r"(\w+): <one sentence>$", prompt.strip().splitlines()[-1])
-                words = " ".join(rng.sample(FILLER, 6)) + f" {rng.randrange(10**6)}."
+                words = " ".join(rng.sample(FILLER, 6)) + f" {rng.randrange(10**6)}?"
                 text = f"{asked.group(1)}: {words}" if asked else words
             out.append(Completion(text, 10, 10, "stop"))
         return out
@@ -359,6 +359,7 @@ def test_pair_rows_on_real_contexts_keep_them_and_their_errors_contexts(tmp_path
             "loop.pair_context=train",
             "loop.label_check=none",
             "loop.gold_check=false",
+            "loop.kind_check=false",
             "loop.min_source_similarity=0",
             f"paths.data_dir={data_dir}",
             f"paths.cache_dir={tmp_path / 'c'}",
@@ -391,6 +392,7 @@ def test_the_papers_pair_prompts_run_verbatim_on_real_contexts(tmp_path, data_di
         "loop.rounds=1",
         "loop.label_check=none",
         "loop.gold_check=false",
+        "loop.kind_check=false",
         "loop.min_source_similarity=0",
         f"paths.data_dir={data_dir}",
         f"paths.cache_dir={tmp_path / 'c'}",

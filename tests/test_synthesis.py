@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 from hydra.utils import instantiate
 
 from s3.config import UserError, compose_config
-from s3.filters import FlagFilter, GoldLabelCheck, LLMLabelCheck, build_filter_chain
+from s3.filters import FlagFilter, GoldLabelCheck, KindCheck, LLMLabelCheck, QualityRules, build_filter_chain
 from s3.llm import LLM, ChatRequest, Completion
 from s3.llm.base import skip_too_long
 from s3.loop_config import SamplingConfig, SyntheticLoopConfig
@@ -52,6 +53,7 @@ def synthesizer(llm: LLM, embedder: Any = None, gold_check: Any = None, **loop: 
         **{
             "label_check": "none",
             "gold_check": False,
+            "kind_check": False,
             "min_source_similarity": 0.0,
             "sampling": SamplingConfig(max_tokens=16),
             **loop,
@@ -290,6 +292,102 @@ def test_gold_check_on_real_data_is_on_for_sst2_and_off_for_rte(data_dir) -> Non
         assert kept_true > 0.7 and kept_flipped < 0.3
 
 
+# ---- answers of the task's kind: the kind check and declared formats ----------------------------------------
+
+
+class ProseAboutLabelsLLM(LLM):
+    """A custom task's LLM that, asked for a bug report, often writes prose about what a bug report is; otherwise
+    it answers with a real support message of the asked label (from the train split the gold rows are not in)."""
+
+    name = "prose"
+    PROSE = [
+        "A bug report is defined as a concise description of a defect, written so that engineers can act on it.",
+        "Bug reports are an essential part of the software development lifecycle and quality assurance process.",
+        "A good bug report describes the expected behaviour, the observed behaviour and the steps to reproduce.",
+        "In customer support, a bug report is a type of ticket that documents an error in a product or service.",
+        "The purpose of a bug report is to communicate a problem clearly to the development team.",
+        "Writing an effective bug report requires clarity, precision and attention to detail.",
+    ]
+
+    def __init__(self, messages: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.messages = messages
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        out = []
+        for u in units:
+            rng = random.Random(u.sampling.seed)
+            label = "bug_report" if "bug_report" in u.messages[-1].content else "question"
+            if label == "bug_report" and rng.random() < 0.5:
+                text = f"{rng.choice(self.PROSE)} {rng.choice(['', 'Indeed.', 'This matters.'])}".strip()
+            else:
+                text = rng.choice(self.messages[label])
+            out.append(Completion(text, 3, 3, "stop"))
+        return out
+
+
+def custom_task_and_rows() -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    from s3.data import load_split
+
+    task = instantiate(compose_config(["task=custom_example"]).task)
+    data = Path(__file__).parent / "data"
+    return task, load_split(task, "validation", data), load_split(task, "train", data)
+
+
+def test_prose_about_a_label_is_dropped_as_off_kind_and_real_examples_kept() -> None:
+    from s3.embed import SentenceEmbedder
+
+    task, gold, train = custom_task_and_rows()
+    llm = ProseAboutLabelsLLM(
+        {name: [r["text"] for r in train if r["label"] == k] for k, name in enumerate(task.labels)}
+    )
+    cfg = SyntheticLoopConfig(label_check="none", gold_check=False, min_source_similarity=0.0, max_attempts=8)
+    filters = build_filter_chain(cfg, task, protected=[], llm=llm, embedder=SentenceEmbedder(), gold_rows=gold)
+    batch = Synthesizer(llm, task, filters, cfg, seed=0).seed_set(16, "zerogen", round_=0)
+    kept = [r["text"] for r in batch.rows]
+    assert batch.drops["off_kind"] > 0  # the prose was dropped under its own reason, and re-asked
+    assert not set(kept) & set(ProseAboutLabelsLLM.PROSE)
+    assert not any(text.startswith(tuple(ProseAboutLabelsLLM.PROSE)) for text in kept)
+    assert Counter(r["label"] for r in batch.rows) == {0: 8, 1: 8}  # every real-looking answer kept
+
+
+def test_the_kind_check_drops_about_its_quantile_of_real_rows(data_dir) -> None:
+    """Its threshold is a quantile of the gold rows' nearest-gold cosines, so held-out real rows of the task are
+    dropped about that often (SST-2, the embedded MiniLM)."""
+    from s3.data import load_split, stratified_sample
+    from s3.embed import SentenceEmbedder
+
+    task = sst2_task()
+    val = load_split(task, "validation", data_dir)
+    gold = stratified_sample(val, 150, 0)
+    ids = {r["id"] for r in gold}
+    held_out = stratified_sample([r for r in val if r["id"] not in ids], 300, 1)
+    check = KindCheck(SentenceEmbedder(), task, gold, quantile=0.02)
+    assert sum(check.keep(held_out)) / len(held_out) >= 0.94
+    off = ["Photosynthesis converts light energy into chemical energy.", "def main(): return 0", "1 2 3 4 5 6 7 8"]
+    assert check.keep([{"text": t} for t in off]) == [False, False, False]  # not movie-review sentences at all
+
+
+def test_a_declared_format_drops_rows_that_break_it_and_is_checked_against_the_gold_rows() -> None:
+    from s3.data import DataError, Task
+    from s3.filters import CleaningConfig, check_patterns
+
+    task = Task(name="asks", description="d", example_kind="question", labels=["a", "b"],
+                patterns={"text": r"\?$"})  # fmt: skip
+    rules = QualityRules(CleaningConfig(), task.fields, task.labels, patterns=task.patterns)
+    kept, dropped = rules.split(
+        [{"text": "how do i reset it?", "label": 0}, {"text": "it is reset now ok", "label": 1}]
+    )
+    assert [r["text"] for r in kept] == ["how do i reset it?"] and [d[1] for d in dropped] == ["wrong_format"]
+    check_patterns(task, [{"text": "why?"}, {"text": "how?"}, {"text": "no"}])  # most gold rows match: fine
+    with pytest.raises(UserError, match=r"patterns.text .* matches only 33% of the 3 gold rows"):
+        check_patterns(task, [{"text": "why?"}, {"text": "no"}, {"text": "nope"}])
+    with pytest.raises(DataError, match="not a regular expression"):
+        Task(name="x", description="d", example_kind="q", labels=["a", "b"], patterns={"text": "("})
+    with pytest.raises(DataError, match="no such field"):
+        Task(name="x", description="d", example_kind="q", labels=["a", "b"], patterns={"question": "."})
+
+
 # ---- round 0: quotas, rationale sampling, GoldGen demonstrations ------------------------------------------
 
 
@@ -357,8 +455,9 @@ def test_the_filter_chain_follows_the_loop_config() -> None:
         chain = build_filter_chain(cfg, task, [], llm=ScriptedLLM(), embedder=BagOfWords(), gold_check=gold)
         return [type(f).__name__ for f in chain.filters]
 
-    assert kinds() == ["Cleaner", "SourceSimilarity", "KeepLabel", "LLMLabelCheck"]  # the defaults: every check
-    assert kinds(label_check="none", gold_check=False, min_source_similarity=0.0) == ["Cleaner"]  # ZeroGen's
+    assert kinds() == ["Cleaner", "SourceSimilarity", "KindCheck", "KeepLabel", "LLMLabelCheck"]  # the defaults
+    zerogen = {"label_check": "none", "gold_check": False, "kind_check": False, "min_source_similarity": 0.0}
+    assert kinds(**zerogen) == ["Cleaner"]
     with pytest.raises(ValueError, match="embedder"):
         build_filter_chain(SyntheticLoopConfig(), task, [], llm=ScriptedLLM())
 
@@ -371,7 +470,7 @@ def test_each_filter_counts_its_own_drops_and_later_filters_see_only_survivors()
         {"text": "brae dula fene gori limu", "label": 0},  # its duplicate: dedup sees it before the gold check
         {"text": "mora pela tasy brax dulo", "label": 1},  # kept
     ]
-    cfg = SyntheticLoopConfig(label_check="none", min_source_similarity=0.0)
+    cfg = SyntheticLoopConfig(label_check="none", min_source_similarity=0.0, kind_check=False)
     chain = build_filter_chain(cfg, sst2_task(), ["a real example number 3"], gold_check=KeepLabel())
     kept, drops = chain([dict(r) for r in rows])
     assert [r["text"] for r in kept] == ["mora pela tasy brax dulo"]
