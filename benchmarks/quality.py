@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results import write_section  # noqa: E402
@@ -60,12 +61,14 @@ ABLATIONS = sorted(
 
 
 def ablation(key: str, s3_args: list[str], budget: int) -> tuple[str, list[str]]:
-    """A preset's label (its comment line) and its overrides: the s3 budget split, or the whole budget at once."""
-    label = next(
-        line[2:] for line in (EXPERIMENTS / f"{key}.yaml").read_text().splitlines()[1:] if line.startswith("# ")
-    )
+    """A preset's label (its comment line) and its overrides: the s3 budget split, or the whole budget at once.
+    The benchmark's s3 settings do not override what the preset itself sets (greedy_budget: no per-round cap)."""
+    path = EXPERIMENTS / f"{key}.yaml"
+    label = next(line[2:] for line in path.read_text().splitlines()[1:] if line.startswith("# "))
+    own = {f"loop.{k}" for k in OmegaConf.load(path).get("loop", {})}
     rounds = compose_config([f"+experiment={key}"]).loop.rounds
-    return label, [f"+experiment={key}", *(s3_args if rounds > 0 else [f"loop.total_budget={budget}"])]
+    args = [a for a in s3_args if a.split("=")[0] not in own] if rounds > 0 else [f"loop.total_budget={budget}"]
+    return label, [f"+experiment={key}", *args]
 
 
 def mean_std(xs: list[float]) -> str:

@@ -378,6 +378,7 @@ class KindCheck(FlagFilter):
 
     reason = "off_kind"
     MIN_GOLD = 10
+    BLOCK = 2048  # rows compared with the gold set at once
 
     def __init__(self, embedder: Any, task: Task, gold_rows: Sequence[Mapping[str, Any]], quantile: float,
                  field: str | None = None):  # fmt: skip
@@ -389,9 +390,12 @@ class KindCheck(FlagFilter):
             log.warning("kind check off: %d gold rows (needs %d)", len(gold_rows), self.MIN_GOLD)
             return
         self.gold = np.asarray(embedder.embed([self.text(r) for r in gold_rows]), dtype=np.float32)
-        sims = self.gold @ self.gold.T
-        np.fill_diagonal(sims, -np.inf)
-        self.threshold = float(np.quantile(sims.max(1), quantile, method="lower"))
+        nearest = np.empty(len(self.gold), dtype=np.float32)
+        for start in range(0, len(self.gold), self.BLOCK):  # in blocks: a whole train split as gold set fits too
+            sims = self.gold[start : start + self.BLOCK] @ self.gold.T
+            sims[np.arange(len(sims)), np.arange(start, start + len(sims))] = -np.inf  # not itself
+            nearest[start : start + len(sims)] = sims.max(1)
+        self.threshold = float(np.quantile(nearest, quantile, method="lower"))
         log.info(
             "kind check on: a row must reach cosine %.3f to its nearest of %d gold rows (%.0f%% of gold rows are "
             "less like their nearest other one)",
@@ -406,7 +410,10 @@ class KindCheck(FlagFilter):
     def nearest_gold(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Each row's cosine to its nearest gold row."""
         assert self.gold is not None
-        return (np.asarray(self.embedder.embed([self.text(r) for r in rows]), dtype=np.float32) @ self.gold.T).max(1)
+        x = np.asarray(self.embedder.embed([self.text(r) for r in rows]), dtype=np.float32)
+        return np.concatenate(
+            [(x[i : i + self.BLOCK] @ self.gold.T).max(1) for i in range(0, len(x), self.BLOCK)] or [np.empty(0)]
+        )
 
     def keep(self, rows: Sequence[dict]) -> list[bool]:
         if self.gold is None:
@@ -418,6 +425,8 @@ def check_patterns(task: Task, gold_rows: Sequence[Mapping[str, Any]]) -> None:
     """A declared format the task's own gold rows mostly break is a wrong pattern, not a format: one line, before
     any LLM work; otherwise the log says how many gold rows match."""
     for f, pattern in (getattr(task, "patterns", None) or {}).items():
+        if not gold_rows:
+            return
         regex = re.compile(pattern)
         share = sum(bool(regex.search(str(r[f]).strip())) for r in gold_rows) / max(1, len(gold_rows))
         if share < 0.5:
@@ -613,7 +622,6 @@ def build_filter_chain(
     written = None  # pairs on real contexts: the leak guard reads the field the LLM wrote, not the given context
     if task.is_pair and getattr(cfg, "pair_context", "llm") == "train":
         written = next(f for f in task.fields if f != (task.context_field or task.fields[0]))
-    check_patterns(task, gold_rows)
     filters = [
         Cleaner(
             cfg.cleaning, task.fields, task.labels, protected, [task.example_kind], leak_field=written,

@@ -45,7 +45,7 @@ from s3.classifier import (
 from s3.config import UserError, swept_keys, variant_of
 from s3.console import quiet_libraries
 from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
-from s3.filters import GoldLabelCheck, build_filter_chain, drop_columns
+from s3.filters import GoldLabelCheck, build_filter_chain, check_patterns, drop_columns
 from s3.gap import compute_gap
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
 from s3.loop_config import GoldLoopConfig, SyntheticLoopConfig, loop_config
@@ -543,6 +543,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
         loop.selection_fraction,
         loop.gold_split,
     )
+    if not isinstance(loop, GoldLoopConfig):
+        check_patterns(task, real.gold_val)  # a declared format the gold rows break: one line, before the LLM loads
     atomic_write_jsonl(
         run_dir / "gold_val_ids.jsonl",
         [

@@ -417,3 +417,13 @@ def test_the_papers_gold_set_from_the_train_split(tmp_path, data_dir) -> None:
     parts = read_jsonl(tmp_path / "run" / "gold_val_ids.jsonl")
     train_ids = {r["id"] for r in read_jsonl(data_dir / "sst2" / "train.jsonl")}
     assert len(parts) == 24 and {p["id"] for p in parts} <= train_ids
+
+
+def test_a_declared_format_the_gold_rows_break_is_refused_before_the_llm_loads(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setattr("s3.loop.load_llm", lambda cfg: pytest.fail("the LLM was loaded"))
+    cfg = compose_config(
+        [*TINY, "task=qnli", "loop=s3", "task.patterns={text1:zzz}", f"paths.data_dir={data_dir}",
+         f"paths.cache_dir={tmp_path / 'c'}"]
+    )  # fmt: skip
+    with pytest.raises(UserError, match="patterns.text1 'zzz' matches only 0% of the 18 gold rows"):
+        run_experiment(cfg, run_dir=tmp_path / "run")
