@@ -3,7 +3,8 @@
 For each task, with the loop's own gold set (seed 0) and ``loop.kind_check_quantile``:
 - **real kept**: held-out real test rows the kind check keeps (its threshold is meant to drop about the quantile);
 - **seed flagged**: round-0 seed answers of the embedded LLM (S3's rationale prompts, through the text checks)
-  that the kind check would drop, with a few of them printed to read;
+  that the kind check would drop, with a few of them printed to read, and whether a run keeps the check on (it
+  turns itself off where it would drop most answers);
 - **prose**: answers to "explain what makes a <kind> <label>" (the failure the check is for: prose about the
   label instead of an example), put where the LLM's field goes: dropped by the text rules (incl. the task's
   declared ``patterns``), then by the kind check, and kept.
@@ -15,6 +16,7 @@ Last line: kind_check_prose_kept=<share of prose answers that no check dropped, 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 import time
@@ -56,9 +58,9 @@ def main() -> None:
         f"embedded LLM (SmolLM2-135M), seed 0; the loop's gold set (200 rows, 150 learned from; the custom example's "
         f"validation split is smaller); real rows: up to {args.max_real} test rows; {args.seed_rows} seed answers "
         f"(rationale prompts, after the text checks); {args.prose} prose answers per label\n",
-        "| task | gold rows | threshold | real kept | seed answers flagged | prose: text rules | prose: kind check "
-        "| prose kept |",
-        "|---|---|---|---|---|---|---|---|",
+        "| task | gold rows | threshold | real kept | seed answers flagged | in a run | prose: text rules "
+        "| prose: kind check | prose kept |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     examples, prose_kept, prose_total = [], 0, 0
     for name in args.tasks.split(","):
@@ -70,7 +72,7 @@ def main() -> None:
         written = next(f for f in task.fields if f != (task.context_field or task.fields[0])) if task.is_pair else None
         check = KindCheck(sentence_embedder(cfg), task, real.gold_val, L.kind_check_quantile,
                           field=written if on_context else None)  # fmt: skip
-        real_kept = sum(check.keep(real.test)) / len(real.test)
+        real_kept = sum(check.of_kind(real.test)) / len(real.test)
 
         llm = load_llm(cfg)
         text_only = dataclasses.replace(L, kind_check=False, gold_check=False, label_check="none",
@@ -82,7 +84,8 @@ def main() -> None:
             else Synthesizer(llm, task, chain, text_only, 0)
         )
         seed_rows = synth.seed_set(args.seed_rows, "rationale", round_=0, rationales=synth.rationales()).rows
-        flags = check.keep(seed_rows)
+        flags = check.of_kind(seed_rows)
+        stays_on = copy.copy(check).keep(seed_rows) == flags  # False: it would drop most, so a run turns it off
         examples += [f"- {name}: {task.text_of(r)[:160]!r}" for r, ok in zip(seed_rows, flags) if not ok][:3]
 
         sampling = Sampling(n=args.prose, temperature=0.9, top_p=0.95, max_tokens=96, seed=0)
@@ -103,12 +106,13 @@ def main() -> None:
         llm.close()
         rules = QualityRules(L.cleaning, task.fields, task.labels, [task.example_kind], task.patterns)
         past_rules, _ = rules.split(rows)
-        past_kind = [r for r, ok in zip(past_rules, check.keep(past_rules)) if ok] if past_rules else []
+        past_kind = [r for r, ok in zip(past_rules, check.of_kind(past_rules)) if ok]
         prose_kept += len(past_kind)
         prose_total += len(rows)
         report.append(
             f"| {name} | {len(real.gold_val)} | {check.threshold:.3f} | {100 * real_kept:.1f}% | "
-            f"{len(seed_rows) - sum(flags)} of {len(seed_rows)} | {len(rows) - len(past_rules)} of {len(rows)} | "
+            f"{len(seed_rows) - sum(flags)} of {len(seed_rows)} | {'on' if stays_on else 'turns itself off'} | "
+            f"{len(rows) - len(past_rules)} of {len(rows)} | "
             f"{len(past_rules) - len(past_kind)} | {len(past_kind)} |"
         )
         print(report[-1], flush=True)

@@ -373,11 +373,15 @@ class KindCheck(FlagFilter):
     is defined as..."), which no text rule catches. The gold rows define the kind: each one's cosine to its nearest
     other gold row is a score a real example gets. A row whose cosine to its nearest gold row is below the
     ``quantile`` of those scores is unlike any real example and is dropped; a real example would be dropped about a
-    ``quantile`` of the time (conformal novelty detection on sentence embeddings). Too few gold rows: off.
+    ``quantile`` of the time (conformal novelty detection on sentence embeddings). Too few gold rows: off. Gold rows
+    far more alike than the task's examples can be (a templated data set) would drop nearly every answer: once it
+    has judged ``MIN_SEEN`` answers and would drop more than ``MAX_SHARE`` of them, it turns itself off and says so.
     """
 
     reason = "off_kind"
     MIN_GOLD = 10
+    MIN_SEEN = 20
+    MAX_SHARE = 0.5
     BLOCK = 2048  # rows compared with the gold set at once
 
     def __init__(self, embedder: Any, task: Task, gold_rows: Sequence[Mapping[str, Any]], quantile: float,
@@ -386,6 +390,7 @@ class KindCheck(FlagFilter):
         self.embedder, self.task, self.field = embedder, task, field
         self.gold: np.ndarray | None = None
         self.threshold = -1.0
+        self.seen = self.dropped = 0  # answers judged so far, and how many of them were off kind
         if len(gold_rows) < self.MIN_GOLD:
             log.warning("kind check off: %d gold rows (needs %d)", len(gold_rows), self.MIN_GOLD)
             return
@@ -415,10 +420,27 @@ class KindCheck(FlagFilter):
             [(x[i : i + self.BLOCK] @ self.gold.T).max(1) for i in range(0, len(x), self.BLOCK)] or [np.empty(0)]
         )
 
-    def keep(self, rows: Sequence[dict]) -> list[bool]:
-        if self.gold is None:
+    def of_kind(self, rows: Sequence[Mapping[str, Any]]) -> list[bool]:
+        """True where a row reaches the threshold (every row while the check is off); counts nothing."""
+        if self.gold is None or not rows:
             return [True] * len(rows)
         return [bool(s >= self.threshold) for s in self.nearest_gold(rows)]
+
+    def keep(self, rows: Sequence[dict]) -> list[bool]:
+        ok = self.of_kind(rows)
+        if self.gold is None:
+            return ok
+        self.seen, self.dropped = self.seen + len(ok), self.dropped + ok.count(False)
+        if self.seen >= self.MIN_SEEN and self.dropped > self.MAX_SHARE * self.seen:
+            log.warning(
+                "kind check off: it would drop %d of the %d answers so far, so the gold rows are more alike than the "
+                "task's examples can be (a templated set?); loop.kind_check=false silences this",
+                self.dropped,
+                self.seen,
+            )
+            self.gold = None
+            return [True] * len(rows)
+        return ok
 
 
 def check_patterns(task: Task, gold_rows: Sequence[Mapping[str, Any]]) -> None:

@@ -368,6 +368,20 @@ def test_the_kind_check_drops_about_its_quantile_of_real_rows(data_dir) -> None:
     assert check.keep([{"text": t} for t in off]) == [False, False, False]  # not movie-review sentences at all
 
 
+def test_the_kind_check_turns_itself_off_when_it_would_drop_most_answers(caplog) -> None:
+    """Gold rows far more alike than the LLM's examples (a templated set) would drop nearly every answer: after
+    MIN_SEEN answers with more than half dropped, the check keeps everything and says why."""
+    gold = [{"text": " ".join(VOCAB[i : i + 4]), "label": i % 2} for i in range(20)]  # neighbours share 3 words
+    like = [{"text": " ".join(VOCAB[i : i + 4]), "label": 0} for i in range(2, 8)]
+    unlike = [{"text": " ".join(VOCAB[40 + i : 44 + i]), "label": 0} for i in range(14)]
+    check = KindCheck(BagOfWords(), sst2_task(), gold, quantile=0.02)
+    assert check.keep(like + unlike[:4]) == [True] * 6 + [False] * 4  # under MIN_SEEN answers: judged
+    with caplog.at_level("WARNING"):
+        assert check.keep(unlike[4:]) == [True] * 10  # 14 of 20 would go: off
+    assert "kind check off: it would drop 14 of the 20 answers" in caplog.text
+    assert check.keep(unlike) == [True] * 14
+
+
 def test_a_declared_format_drops_rows_that_break_it_and_is_checked_against_the_gold_rows() -> None:
     from s3.data import DataError, Task
     from s3.filters import CleaningConfig, check_patterns
