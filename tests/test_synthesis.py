@@ -341,7 +341,9 @@ def test_prose_about_a_label_is_dropped_as_off_kind_and_real_examples_kept() -> 
     llm = ProseAboutLabelsLLM(
         {name: [r["text"] for r in train if r["label"] == k] for k, name in enumerate(task.labels)}
     )
-    cfg = SyntheticLoopConfig(label_check="none", gold_check=False, min_source_similarity=0.0, max_attempts=8)
+    cfg = SyntheticLoopConfig(
+        label_check="none", gold_check=False, min_source_similarity=0.0, max_attempts=8, kind_check=True
+    )
     filters = build_filter_chain(cfg, task, protected=[], llm=llm, embedder=SentenceEmbedder(), gold_rows=gold)
     batch = Synthesizer(llm, task, filters, cfg, seed=0).seed_set(16, "zerogen", round_=0)
     kept = [r["text"] for r in batch.rows]
@@ -469,7 +471,8 @@ def test_the_filter_chain_follows_the_loop_config() -> None:
         chain = build_filter_chain(cfg, task, [], llm=ScriptedLLM(), embedder=BagOfWords(), gold_check=gold)
         return [type(f).__name__ for f in chain.filters]
 
-    assert kinds() == ["Cleaner", "SourceSimilarity", "KindCheck", "KeepLabel", "LLMLabelCheck"]  # the defaults
+    assert kinds() == ["Cleaner", "SourceSimilarity", "KeepLabel", "LLMLabelCheck"]  # the defaults
+    assert "KindCheck" in kinds(kind_check=True)
     zerogen = {"label_check": "none", "gold_check": False, "kind_check": False, "min_source_similarity": 0.0}
     assert kinds(**zerogen) == ["Cleaner"]
     with pytest.raises(ValueError, match="embedder"):
