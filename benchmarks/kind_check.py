@@ -69,9 +69,8 @@ def main() -> None:
         real = load_real_data(task, cfg.paths.data_dir, L.num_gold_val, args.max_real, 0, need_train=True,
                               selection_fraction=L.selection_fraction)  # fmt: skip
         on_context = task.is_pair and L.pair_context == "train"
-        written = next(f for f in task.fields if f != (task.context_field or task.fields[0])) if task.is_pair else None
         check = KindCheck(sentence_embedder(cfg), task, real.gold_val, L.kind_check_quantile,
-                          field=written if on_context else None)  # fmt: skip
+                          field=task.written_field if on_context else None)  # fmt: skip
         real_kept = sum(check.of_kind(real.test)) / len(real.test)
 
         llm = load_llm(cfg)
@@ -100,8 +99,7 @@ def main() -> None:
             for i, c in enumerate(completions):
                 row = {"label": k, **{f: c.text.strip() for f in task.fields}}
                 if on_context:  # the given field is a real text (a gold row's); the prose is in the one the LLM writes
-                    other = task.context_field or task.fields[0]
-                    row[other] = real.gold_val[i % len(real.gold_val)][other]
+                    row[task.given_field] = real.gold_val[i % len(real.gold_val)][task.given_field]
                 rows.append(row)
         llm.close()
         rules = QualityRules(L.cleaning, task.fields, task.labels, [task.example_kind], task.patterns)

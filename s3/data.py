@@ -85,6 +85,16 @@ class Task:
     def is_pair(self) -> bool:
         return len(self.fields) == 2
 
+    @property
+    def given_field(self) -> str:
+        """Pairs on real contexts (loop.pair_context=train): the field a real train text fills."""
+        return self.context_field or self.fields[0]
+
+    @property
+    def written_field(self) -> str:
+        """Pairs on real contexts: the field the LLM writes (the other one)."""
+        return next(f for f in self.fields if f != self.given_field)
+
     def text_of(self, row: Mapping[str, Any]) -> str:
         """One string per example (pairs joined), for embeddings, dedup and leak checks."""
         return " [SEP] ".join(str(row[f]) for f in self.fields)

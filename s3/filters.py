@@ -643,7 +643,7 @@ def build_filter_chain(
         return FilterChain(filters)
     written = None  # pairs on real contexts: the leak guard reads the field the LLM wrote, not the given context
     if task.is_pair and getattr(cfg, "pair_context", "llm") == "train":
-        written = next(f for f in task.fields if f != (task.context_field or task.fields[0]))
+        written = task.written_field
     filters = [
         Cleaner(
             cfg.cleaning, task.fields, task.labels, protected, [task.example_kind], leak_field=written,

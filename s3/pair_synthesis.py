@@ -38,8 +38,7 @@ class PairContextSynthesizer(Synthesizer):
         missing = [t for t in GIVEN_TEMPLATES if t not in task.prompts]
         if missing:
             raise ValueError(f"task {task.name!r}: loop.pair_context=train needs the prompt templates {missing}")
-        self.given = task.context_field or task.fields[0]  # what a real text fills; the LLM writes the other field
-        self.written = next(f for f in task.fields if f != self.given)
+        self.given, self.written = task.given_field, task.written_field  # a real text fills one; the LLM the other
         self.names = {"given_field": task.field_labels[self.given], "written_field": task.field_labels[self.written]}
         self.contexts = sorted({str(r[self.given]) for r in train_rows})  # sorted: the same order on every run
         if not self.contexts:
