@@ -97,6 +97,10 @@ class Synthesizer:
         self.sampling = cfg.sampling
         self.book = PromptBook(task, cfg.max_example_chars)
         self.seed = seed
+        # the prompt set's start of every example answer (an opening quote): the LLM continues it instead of
+        # talking about the example first; only where the backend continues a started answer
+        self.answer_start = task.prompts.get("answer_start", "") if llm.continues_answers else ""
+        self.answer_stop = (task.prompts["answer_stop"],) if self.answer_start and task.prompts.get("answer_stop") else ()
 
     # ---- rationales ---------------------------------------------------------------------------------
     def rationales(self) -> dict[str, Any]:
@@ -301,7 +305,7 @@ class Synthesizer:
     # ---- the shared path: generate -> parse -> clean -> label check ------------------------------------
     def run_jobs(self, jobs: Sequence[Job], samples: int, round_: int, call_site: str, attempt: int | str) -> Batch:
         out = Batch()
-        requests = []
+        requests, sent = [], []
         for i, job in enumerate(jobs):
             sampling = Sampling(
                 n=samples,
@@ -309,16 +313,21 @@ class Synthesizer:
                 top_p=self.sampling.top_p,
                 max_tokens=self.sampling.max_tokens,
                 seed=derive_seed(self.seed, round_, call_site, attempt, i),
+                stop=self.answer_stop,
             )
-            requests.append(ChatRequest.from_messages(job.messages, sampling))
-            out.prompts[prompt_hash(job.messages)] = job.messages
+            messages = job.messages + ([{"role": "assistant", "content": self.answer_start}] if self.answer_start else [])
+            requests.append(ChatRequest.from_messages(messages, sampling))
+            sent.append(messages)
+            out.prompts[prompt_hash(messages)] = messages
         candidates, unparsed = [], []
-        for job, completions in zip(jobs, self.llm.generate(requests, call_site=call_site)):
-            provenance = {"round": round_, "source": job.source, "prompt_hash": prompt_hash(job.messages)}
+        for job, messages, completions in zip(jobs, sent, self.llm.generate(requests, call_site=call_site)):
+            provenance = {"round": round_, "source": job.source, "prompt_hash": prompt_hash(messages)}
             for completion in completions:
                 out.generated += 1
                 parsed = (
-                    PROMPT_TOO_LONG if completion.finish_reason == PROMPT_TOO_LONG else self.parse(job, completion.text)
+                    PROMPT_TOO_LONG
+                    if completion.finish_reason == PROMPT_TOO_LONG
+                    else self.parse(job, self.answer_start + completion.text)
                 )
                 if isinstance(parsed, str):
                     out.drops[parsed] += 1

@@ -50,6 +50,22 @@ def review(label: str, **sampling: object) -> ChatRequest:
     )
 
 
+def check_a_started_answer_is_continued(llm: LLM) -> None:
+    """An assistant message last is the start of the answer (synthesis's ``answer_start``): the model goes on
+    from it, in a batch with fresh answers, and a stop string ends it."""
+    fresh = review("positive", temperature=0, max_tokens=24)
+    started = ChatRequest.from_messages(
+        [*fresh.as_dicts(), {"role": "assistant", "content": '"This movie'}],
+        Sampling(temperature=0, max_tokens=24, stop=('"\n',)),
+    )
+    both = llm.generate([started, fresh])
+    assert both[1][0].text == llm.generate([fresh])[0][0].text  # a mixed batch keeps its order
+    go_on = both[0][0].text
+    assert go_on.strip() and not go_on.lstrip().lower().startswith(('"', "here", "sure", "this movie")), go_on
+    assert '"\n' not in go_on
+    assert both[0][0].prompt_tokens > both[1][0].prompt_tokens  # the started answer is part of the prompt
+
+
 SENTIMENT = ChatRequest.from_messages(
     [
         {
@@ -363,6 +379,11 @@ def test_channel_label_check_tells_real_labels_from_flipped_ones(smollm2: LLM, d
 
 
 @pytest.mark.slow
+def test_a_started_answer_is_continued(smollm2: LLM) -> None:
+    check_a_started_answer_is_continued(smollm2)
+
+
+@pytest.mark.slow
 def test_cached_rerun_makes_zero_backend_calls(smollm2: LLM, tmp_path: Path) -> None:
     llm = CachedLLM(smollm2, tmp_path)
     reqs = [review("positive", seed=1, n=2, max_tokens=12), review("negative", seed=2, max_tokens=12), SENTIMENT]
@@ -431,6 +452,9 @@ class TestVLLMInProcess:
         out = engine.generate([huge, review("positive", seed=1, max_tokens=8)])  # max_model_len is 1024
         assert out[0][0].finish_reason == PROMPT_TOO_LONG and out[0][0].prompt_tokens > 1024
         assert out[1][0].finish_reason != PROMPT_TOO_LONG and out[1][0].text
+
+    def test_a_started_answer_is_continued(self, engine: LLM) -> None:
+        check_a_started_answer_is_continued(engine)
 
     def test_choices_via_structured_outputs(self, engine: LLM) -> None:
         out = engine.generate(

@@ -503,3 +503,42 @@ def test_long_real_rows_are_cut_in_prompts_and_counted() -> None:
     prompt = next(u.messages[-1].content for u in llm.seen if "word word" in u.messages[-1].content)
     assert len(prompt) < 1_000 and "END" not in prompt and "word …" in prompt
     assert synth.book.truncated >= 1 and not any(e["text"] in prompt for e in ERRORS[:3])
+
+
+class ContinuingLLM(LLM):
+    """A backend that continues a started answer: it writes the example and closes the quote, then chatter."""
+
+    name = "continuing"
+    continues_answers = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[ChatRequest] = []
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        self.seen.extend(units)
+        out = []
+        for u in units:
+            text = " ".join(random.Random(u.sampling.seed).sample(VOCAB, 8))
+            if u.messages[-1].role != "assistant":  # no answer started: it talks about the example first
+                text = f"Here is a new sentence that captures the idea:\n{text}\nThis sentence keeps the tone."
+            out.append(Completion(text, 3, 3, "stop"))  # a stop string is cut off by the backend (answer_stop)
+        return out
+
+
+def test_answers_start_with_the_prompt_sets_answer_start_where_the_backend_continues_them() -> None:
+    llm = ContinuingLLM()
+    batch = synthesizer(llm).extrapolate(ERRORS, round_=1, limit=12)
+    asked = llm.seen
+    assert asked and all(u.messages[-1].role == "assistant" and u.messages[-1].content == '"' for u in asked)
+    assert all(u.sampling.stop == ('"\n',) for u in asked)
+    assert len(batch.rows) == 12 and all(not r["text"].startswith('"') for r in batch.rows)  # the prefix is parsed
+    recorded = next(iter(batch.prompts.values()))
+    assert recorded[-1] == {"role": "assistant", "content": '"'}  # the prompt as sent is what the run records
+
+
+def test_chat_apis_that_answer_a_new_turn_get_no_started_answer() -> None:
+    llm = ContinuingLLM()
+    llm.continues_answers = False  # e.g. the OpenAI backend
+    synthesizer(llm).extrapolate(ERRORS, round_=1, limit=6)
+    assert llm.seen and all(u.messages[-1].role == "user" and u.sampling.stop == () for u in llm.seen)

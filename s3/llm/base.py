@@ -200,6 +200,9 @@ class LLM(ABC):
     """A text generator. Subclasses implement `_generate_units` on single-sample requests."""
 
     name: str
+    # whether a request whose last message is the assistant's is continued (an answer started for the model);
+    # chat APIs such as OpenAI's answer it as a new turn instead
+    continues_answers: bool = False
 
     def __init__(self) -> None:
         self._usage: dict[str, Usage] = {}

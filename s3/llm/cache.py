@@ -89,6 +89,7 @@ class CachedLLM(LLM):
         super().__init__()
         self.backend = backend
         self.name = backend.name
+        self.continues_answers = backend.continues_answers
         self.store = DiskCache(directory)
 
     def generate(self, requests: Sequence[ChatRequest], call_site: str = "default") -> list[list[Completion]]:

@@ -59,6 +59,8 @@ class _RowSampler(LogitsProcessor):
 class TransformersLLM(LLM):
     """Any HF causal LM (id, local path, or `embedded:<name>`)."""
 
+    continues_answers = True
+
     def __init__(
         self,
         model: str,  # a Hub id, a local checkpoint, or embedded:<name>

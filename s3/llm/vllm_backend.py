@@ -27,6 +27,8 @@ def _on_cpu() -> bool:
 
 
 class VLLMBackend(LLM):
+    continues_answers = True
+
     def __init__(
         self,
         model: str,
@@ -98,12 +100,22 @@ class VLLMBackend(LLM):
         skipped = skip_too_long(units, [self.prompt_tokens(u) for u in units], self.max_model_len)  # vLLM would fail
         todo = [u for i, u in enumerate(units) if i not in skipped]
         params = [self._params(u) for u in todo]
-        if not todo:
-            outs = []
-        elif self.use_chat_template:
-            outs = self.engine.chat([u.as_dicts() for u in todo], params, use_tqdm=False)
-        else:
-            outs = self.engine.generate([render_plain(u.messages) for u in todo], params, use_tqdm=False)
+        if not self.use_chat_template:
+            outs = self.engine.generate([render_plain(u.messages) for u in todo], params, use_tqdm=False) if todo else []
+        else:  # one chat() call per kind: answers started for the model (an assistant message last) are continued
+            outs = [None] * len(todo)
+            for cont in (False, True):
+                idx = [i for i, u in enumerate(todo) if (u.messages[-1].role == "assistant") == cont]
+                if idx:
+                    got = self.engine.chat(
+                        [todo[i].as_dicts() for i in idx],
+                        [params[i] for i in idx],
+                        use_tqdm=False,
+                        add_generation_prompt=not cont,
+                        continue_final_message=cont,
+                    )
+                    for i, o in zip(idx, got):
+                        outs[i] = o
         done = iter(self._completions(todo, outs))
         return [skipped[i] if i in skipped else next(done) for i in range(len(units))]
 
