@@ -100,7 +100,9 @@ class Synthesizer:
         # the prompt set's start of every example answer (an opening quote): the LLM continues it instead of
         # talking about the example first; only where the backend continues a started answer
         self.answer_start = task.prompts.get("answer_start", "") if llm.continues_answers else ""
-        self.answer_stop = (task.prompts["answer_stop"],) if self.answer_start and task.prompts.get("answer_stop") else ()
+        self.answer_stop = (
+            (task.prompts["answer_stop"],) if self.answer_start and task.prompts.get("answer_stop") else ()
+        )
 
     # ---- rationales ---------------------------------------------------------------------------------
     def rationales(self) -> dict[str, Any]:
@@ -315,7 +317,9 @@ class Synthesizer:
                 seed=derive_seed(self.seed, round_, call_site, attempt, i),
                 stop=self.answer_stop,
             )
-            messages = job.messages + ([{"role": "assistant", "content": self.answer_start}] if self.answer_start else [])
+            messages = job.messages + (
+                [{"role": "assistant", "content": self.answer_start}] if self.answer_start else []
+            )
             requests.append(ChatRequest.from_messages(messages, sampling))
             sent.append(messages)
             out.prompts[prompt_hash(messages)] = messages

@@ -101,7 +101,9 @@ class VLLMBackend(LLM):
         todo = [u for i, u in enumerate(units) if i not in skipped]
         params = [self._params(u) for u in todo]
         if not self.use_chat_template:
-            outs = self.engine.generate([render_plain(u.messages) for u in todo], params, use_tqdm=False) if todo else []
+            outs = (
+                self.engine.generate([render_plain(u.messages) for u in todo], params, use_tqdm=False) if todo else []
+            )
         else:  # one chat() call per kind: answers started for the model (an assistant message last) are continued
             outs = [None] * len(todo)
             for cont in (False, True):
