@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: setup
-	$(PY) run.py
+	$(PY) run.py $(RUN_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .
