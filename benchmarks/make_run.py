@@ -2,10 +2,11 @@
 were worth.
 
 Clones this repository (its committed HEAD) beside it, so ``../shared/data`` is where a checkout finds it, and
-runs ``make run`` there with an empty ``S3_CACHE_DIR`` (no cached LLM answer, no converted model) and no W&B.
+runs ``make run`` there with an empty ``S3_CACHE_DIR`` (no cached LLM answer, no converted model) and no ``S3_*``/``WANDB_*`` settings.
 Every line of its output is timestamped as it arrives. Reported, per run:
 - **setup / run / total**: seconds of ``make setup``, of ``run.py`` (to its last line) and of both;
-- **first progress**: seconds from ``run.py``'s start to its first progress line (an LLM phase's bar or line);
+- **first output / first progress**: seconds from ``make run``'s start (after setup) to the harness's first log
+  line (``[s3.…]``, e.g. the one-off model conversion) and to its first progress line (an LLM phase's);
 - **answers kept**: rows added over LLM answers generated, all rounds (``metrics.jsonl``: n_new / n_generated);
 - **test acc** of the final round.
 ``--llm smollm2_vllm`` (any ``llm=`` choice) passes ``RUN_ARGS`` to compare backends on the same run.
@@ -38,9 +39,12 @@ def timed_lines(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> li
     """Run ``cmd``, echo and log its output, and return (seconds since start, line) for every line."""
     start = time.perf_counter()
     lines: list[tuple[float, str]] = []
-    with subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-    ) as proc, log.open("a") as out:
+    with (
+        subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        ) as proc,
+        log.open("a") as out,
+    ):
         assert proc.stdout is not None
         for line in proc.stdout:
             t = time.perf_counter() - start
@@ -57,14 +61,14 @@ def one_run(llm: str, workdir: Path) -> dict[str, object]:
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     cache = workdir / f"cache-{llm}"
     cache.mkdir()
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("S3_", "WANDB_", "VIRTUAL_ENV", "OMP_", "MKL_"))
-    }
-    env.update(S3_CACHE_DIR=str(cache), S3_DATA_DIR=str(REPO.parent / "shared" / "data"), WANDB_MODE="disabled")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("S3_", "WANDB_", "VIRTUAL_ENV", "OMP_", "MKL_"))}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)  # a new user's
+    env.update(S3_CACHE_DIR=str(cache), S3_DATA_DIR=str(REPO.parent / "shared" / "data"))
     log = workdir / f"make_run-{llm}.log"
     setup = timed_lines(["make", "setup"], clone, env, log)
     run = timed_lines(["make", "run", f"RUN_ARGS=llm={llm}"], clone, env, log)
-    first_progress = next(t for t, line in run if "s3.progress" in line)
+    first_output = next(t for t, line in run if "][s3." in line)
+    first_progress = next(t for t, line in run if "][s3.progress]" in line)
     run_dir = next(Path(m["dir"]) for _, line in run if (m := RUN_DIR.search(line)))
     rounds = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     generated, kept = sum(r["n_generated"] for r in rounds), sum(r["n_new"] for r in rounds)
@@ -73,6 +77,7 @@ def one_run(llm: str, workdir: Path) -> dict[str, object]:
         "setup_s": setup[-1][0] if setup else 0.0,
         "run_s": run[-1][0],
         "total_s": (setup[-1][0] if setup else 0.0) + run[-1][0],
+        "first_output_s": first_output,
         "first_progress_s": first_progress,
         "answers": generated,
         "kept": kept,
@@ -94,12 +99,14 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     lines = [
-        "| llm | setup s | run s | total s | first progress s | LLM answers | rows kept | kept share | test acc |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| llm | setup s | run s | total s | first output s | first progress s | LLM answers | rows kept | kept share "
+        "| test acc |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['llm']} | {r['setup_s']:.0f} | {r['run_s']:.0f} | {r['total_s']:.0f} | {r['first_progress_s']:.0f} "
+            f"| {r['llm']} | {r['setup_s']:.0f} | {r['run_s']:.0f} | {r['total_s']:.0f} | {r['first_output_s']:.0f} "
+            f"| {r['first_progress_s']:.0f} "
             f"| {r['answers']} | {r['kept']} | {r['kept'] / max(1, r['answers']):.1%} | {100 * r['test_acc']:.1f} |"
         )
     table = "\n".join(lines)
