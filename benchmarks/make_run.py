@@ -1,8 +1,9 @@
 """A newcomer's first run: a fresh clone, an empty cache, ``make run``; how long it takes and what the LLM's answers
 were worth.
 
-Clones this repository (its committed HEAD) beside it, so ``../shared/data`` is where a checkout finds it, and
-runs ``make run`` there with an empty ``S3_CACHE_DIR`` (no cached LLM answer, no converted model) and no ``S3_*``/``WANDB_*`` settings.
+Clones this repository (its committed HEAD) into a new folder beside it and runs ``make setup`` and ``make run``
+there as a new user would: an empty ``S3_CACHE_DIR`` (no cached LLM answer, no converted model), no other ``S3_*``
+or ``WANDB_*`` settings, and the data beside this checkout (``../shared/data``) as ``S3_DATA_DIR``.
 Every line of its output is timestamped as it arrives. Reported, per run:
 - **setup / run / total**: seconds of ``make setup``, of ``run.py`` (to its last line) and of both;
 - **first output / first progress**: seconds from ``make run``'s start (after setup) to the harness's first log
