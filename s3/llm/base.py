@@ -74,6 +74,11 @@ class ChatRequest:
         messages = tuple(m if isinstance(m, Message) else Message(m["role"], m["content"]) for m in msgs)
         return cls(messages, sampling or Sampling(), tuple(choices) if choices is not None else None)
 
+    @property
+    def answer_started(self) -> bool:
+        """The last message is the assistant's: the start of the answer, for the model to continue."""
+        return bool(self.messages) and self.messages[-1].role == "assistant"
+
     def as_dicts(self) -> list[dict[str, str]]:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 

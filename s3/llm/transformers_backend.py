@@ -96,7 +96,7 @@ class TransformersLLM(LLM):
         """Token ids of the rendered prompt (chat template if the model has one, else plain text)."""
         if not self.use_chat_template:
             return self.tokenizer(render_plain(request.messages))["input_ids"]
-        cont = request.messages[-1].role == "assistant"
+        cont = request.answer_started
         text = self.tokenizer.apply_chat_template(
             request.as_dicts(), tokenize=False, add_generation_prompt=not cont, continue_final_message=cont
         )

@@ -90,7 +90,7 @@ class VLLMBackend(LLM):
         tokenizer = self.engine.get_tokenizer()
         if not self.use_chat_template:
             return len(tokenizer(render_plain(unit.messages))["input_ids"])
-        cont = unit.messages[-1].role == "assistant"
+        cont = unit.answer_started
         text = tokenizer.apply_chat_template(
             unit.as_dicts(), tokenize=False, add_generation_prompt=not cont, continue_final_message=cont
         )
@@ -107,7 +107,7 @@ class VLLMBackend(LLM):
         else:  # one chat() call per kind: answers started for the model (an assistant message last) are continued
             outs = [None] * len(todo)
             for cont in (False, True):
-                idx = [i for i, u in enumerate(todo) if (u.messages[-1].role == "assistant") == cont]
+                idx = [i for i, u in enumerate(todo) if u.answer_started == cont]
                 if idx:
                     got = self.engine.chat(
                         [todo[i].as_dicts() for i in idx],
