@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.ledger import LEDGER_HELP, open_ledger  # noqa: E402
 from benchmarks.quality import multirun  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from s3.config import REPO_ROOT  # noqa: E402
@@ -127,24 +128,26 @@ def main() -> None:
     ap.add_argument("--qa-min-steps", type=int, default=300)
     ap.add_argument("--extra", default="", help="more Hydra overrides for every run, space separated")
     ap.add_argument("--out", default=str(REPO_ROOT / "outputs" / "bench_paper_table"))
-    ap.add_argument("--no-run", action="store_true", help="only report the runs already in --out")
+    ap.add_argument("--no-run", action="store_true", help="only report the runs already in --out or the ledger")
     ap.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md")
+    ap.add_argument("--ledger", default=None, help=LEDGER_HELP)
     args = ap.parse_args()
+    ledger = open_ledger(args.ledger)
     tasks, methods, seeds = args.tasks.split(","), args.methods.split(","), args.seeds.split(",")
     if unknown := (set(tasks) - set(TASKS)) | (set(methods) - set(METHODS)):
         ap.error(f"unknown tasks or methods {sorted(unknown)}; known: {TASKS}, {METHODS}")
     out = Path(args.out)
-    if not args.no_run:
-        for task in tasks:
-            for method in methods:
-                multirun(out / task / method, cell_overrides(task, method, args), seeds, 1)
+    for task in tasks:
+        for method in methods:
+            multirun(out / task / method, cell_overrides(task, method, args), seeds, 1, ledger, run=not args.no_run)
 
     lines, averages = table(collect(out, tasks, methods, seeds), tasks, methods)
     report = [
         f"Embedded LLM (SmolLM2-135M), MiniLM small model, {args.budget} synthetic rows per method "
         f"(gold: {args.gold_rows or args.budget} real rows), seeds {args.seeds}; test accuracy (AdQA: EM, F1), "
         "mean ± std [runs]. In brackets the paper's figure (MiniLM, Table 9; * DistilBERT, Table 2), which used "
-        "GPT-3.5 and 25k–200k rows per method. AdQA here has 1,093 train passages (the paper: 30k).",
+        "GPT-3.5 and 25k–200k rows per method. AdQA here has 1,093 train passages (the paper: 30k)."
+        + (f" The {ledger.provenance()}." if ledger and ledger.used else ""),
         "",
         *lines,
     ]

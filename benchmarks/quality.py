@@ -5,7 +5,9 @@ Runs the harness itself (Hydra multiruns of run.py): `gold` (the same number of 
 the per-round curve of s3, and (unless --skip-paper) our pipeline trained on the paper's published synthetic
 data (IMDb, RTE) next to gold data of the same size. Last line: s3_minus_zerogen=<points>. Extractive QA
 (``--task adqa``) reports SQuAD F1 (and EM) instead of accuracy, and the difference in F1 points. Re-running with the
-same ``--out`` reuses finished multiruns; with ``--write`` the report goes into ``benchmarks/RESULTS.md``.
+same ``--out`` reuses finished multiruns, and runs recorded in the ledger (``benchmarks/runs.jsonl``, see
+``benchmarks/ledger.py``) are restored instead of re-run, on any machine; with ``--write`` the report goes into
+``benchmarks/RESULTS.md``.
 
     .venv/bin/python benchmarks/quality.py [--seeds 0,1,2] [--budget 400] [--max-test 1000] [--ablations [KEYS]] [--skip-paper] [--write]
 """
@@ -26,6 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.ledger import LEDGER_HELP, Ledger, open_ledger  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from s3.classifier import SmallModelConfig, scores, small_model_config, train_classifier
 from s3.config import REPO_ROOT, compose_config, default_data_dir
@@ -33,25 +36,32 @@ from s3.data import Task, load_real_data, load_split, stratified_sample
 from s3.filters import Cleaner, CleaningConfig
 
 
-def multirun(out: Path, overrides: list[str], seeds: list[str], jobs_per_seed: int) -> None:
-    """Hydra multiruns of run.py, one per seed in ``out/seed<k>``: a seed whose runs all finished is reused, and
-    an interrupted one is re-run in its own dirs, where the harness resumes it (finished rounds, cached LLM
-    answers). So a benchmark killed midway continues where it stopped."""
+def multirun(
+    out: Path, overrides: list[str], seeds: list[str], jobs_per_seed: int, ledger: Ledger | None, run: bool = True
+) -> None:
+    """Hydra multiruns of run.py, one per seed in ``out/seed<k>``: a seed whose runs all finished (here or, restored
+    from the ledger, on an earlier machine) is reused, and an interrupted one is re-run in its own dirs, where the
+    harness resumes it (finished rounds, cached LLM answers). So a benchmark killed midway continues where it
+    stopped. Finished runs go into the ledger. ``run=False`` only restores and records."""
     for seed in seeds:
         sweep_dir = out / f"seed{seed}"
+        if ledger:
+            ledger.restore(overrides, seed, sweep_dir)
         if len(list(sweep_dir.rglob("summary.json"))) >= jobs_per_seed:
             print(f"reusing {sweep_dir}", flush=True)
-            continue
-        cmd = [
-            sys.executable,
-            str(REPO_ROOT / "run.py"),
-            "-m",
-            *overrides,
-            f"seed={seed}",
-            f"hydra.sweep.dir={sweep_dir}",
-        ]
-        print("$", " ".join(cmd[1:]), flush=True)
-        subprocess.run(cmd, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+        elif run:
+            cmd = [
+                sys.executable,
+                str(REPO_ROOT / "run.py"),
+                "-m",
+                *overrides,
+                f"seed={seed}",
+                f"hydra.sweep.dir={sweep_dir}",
+            ]
+            print("$", " ".join(cmd[1:]), flush=True)
+            subprocess.run(cmd, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
+        if ledger:
+            ledger.record(overrides, seed, sweep_dir)
 
 
 EXPERIMENTS = REPO_ROOT / "conf" / "experiment"
@@ -125,7 +135,9 @@ def main() -> None:
     )
     ap.add_argument("--paper-rows", type=int, default=1500, help="rows sampled from paper data and from gold")
     ap.add_argument("--write", action="store_true", help="put the report into benchmarks/RESULTS.md")
+    ap.add_argument("--ledger", default=None, help=LEDGER_HELP)
     args = ap.parse_args()
+    ledger = open_ledger(args.ledger)
 
     # Equal budget: the seed set, then the rest split evenly over the extrapolation rounds, so that every round
     # gets feedback (uncapped, round 1 alone would use up the budget whenever there are many errors).
@@ -156,24 +168,19 @@ def main() -> None:
     methods = args.methods.split(",")
     if "gold" in methods:
         gold_rows = "null" if args.gold_rows == "all" else (args.gold_rows or args.budget)
-        multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={gold_rows}"], seeds, 1)
+        multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={gold_rows}"], seeds, 1, ledger)
     baselines = [m for m in methods if m not in ("gold", "s3")]
-    if baselines:  # one-shot methods: the whole budget in round 0
-        multirun(
-            out / "baselines",
-            [*common, f"loop={','.join(baselines)}", f"loop.total_budget={args.budget}"],
-            seeds,
-            len(baselines),
-        )
+    for method in baselines:  # one-shot methods: the whole budget in round 0
+        multirun(out / method, [*common, f"loop={method}", f"loop.total_budget={args.budget}"], seeds, 1, ledger)
     if "s3" in methods:
-        multirun(out / "s3", [*common, "loop=s3", *s3_args], seeds, 1)
+        multirun(out / "s3", [*common, "loop=s3", *s3_args], seeds, 1, ledger)
     for key in keys:
-        multirun(out / f"ablation_{key}", [*common, *known[key][1]], seeds, 1)
+        multirun(out / f"ablation_{key}", [*common, *known[key][1]], seeds, 1, ledger)
 
     # Classification: accuracy. Extractive QA (summaries with test_em): SQuAD F1, with EM beside it.
     summaries = [
         (p, json.loads(p.read_text()))
-        for group in ["gold", "baselines", "s3", *(f"ablation_{k}" for k in keys)]
+        for group in [*methods, *(f"ablation_{k}" for k in keys)]
         for seed in seeds
         for p in sorted((out / group / f"seed{seed}").rglob("summary.json"))
     ]
@@ -208,7 +215,9 @@ def main() -> None:
 
     say(
         f"{args.task}, budget {args.budget}, seeds {args.seeds}, test rows <= {args.max_test}, "
-        f"{time.perf_counter() - start:.0f} s (finished multiruns are reused)\n"
+        f"{time.perf_counter() - start:.0f} s (finished multiruns are reused)"
+        + (f"; {ledger.provenance()}" if ledger else "")
+        + "\n"
     )
     em_head, em_rule = (" test EM |", "---|") if qa else ("", "")
     say(

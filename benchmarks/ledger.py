@@ -1,0 +1,87 @@
+"""Finished benchmark runs kept in the repository, so a benchmark longer than one machine's life continues on the next.
+
+A full quality or Table 2 benchmark is many hours of CPU, more than one session's machine lives; its ``--out`` dir
+goes with the machine. The ledger (``benchmarks/runs.jsonl``, committed) keeps one line per finished run: the
+run's overrides (in any order) and seed, its job dir, the commit it ran at, and its small result files
+(``summary.json``, ``metrics.jsonl``). Benchmarks share it: a run two of them ask for is made once. ``multirun`` restores recorded runs into ``--out`` instead of running them again, and records
+each run it finishes, so the reports read ``--out`` as before. Runs recorded at other commits are listed in the
+report; to measure a change, start a new ledger (``--ledger PATH``) or none (``--ledger none``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from benchmarks.results import commit
+
+LEDGER = Path(__file__).resolve().parent / "runs.jsonl"
+RESULT_FILES = ("summary.json", "metrics.jsonl")
+
+
+class Ledger:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries = (
+            [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+        )
+        self.used: Counter[str] = Counter()  # commit -> runs restored or recorded by this benchmark
+
+    def _runs(self, overrides: list[str], seed: str) -> list[dict]:
+        return [e for e in self.entries if e["key"] == key(overrides) and e["seed"] == str(seed)]
+
+    def restore(self, overrides: list[str], seed: str, sweep_dir: Path) -> None:
+        """Write the recorded runs of this multirun seed into ``sweep_dir``, where a finished one is not already."""
+        for entry in self._runs(overrides, seed):
+            job_dir = sweep_dir / entry["job"]
+            if not (job_dir / "summary.json").exists():
+                job_dir.mkdir(parents=True, exist_ok=True)
+                for name, text in entry["files"].items():
+                    (job_dir / name).write_text(text)
+                (job_dir / "ledger_commit").write_text(entry["commit"])
+
+    def record(self, overrides: list[str], seed: str, sweep_dir: Path) -> None:
+        """Add this multirun seed's finished runs that are not yet recorded (appended: nothing recorded is rewritten)."""
+        known = {e["job"]: e for e in self._runs(overrides, seed)}
+        new = []
+        for summary in sorted(sweep_dir.rglob("summary.json")):
+            job = str(summary.parent.relative_to(sweep_dir))
+            if job in known:
+                self.used[known[job]["commit"]] += 1
+                continue
+            files = {n: (summary.parent / n).read_text() for n in RESULT_FILES if (summary.parent / n).exists()}
+            ran_at = summary.parent / "ledger_commit"
+            new.append(
+                {
+                    "key": key(overrides),
+                    "seed": str(seed),
+                    "job": job,
+                    "commit": ran_at.read_text() if ran_at.exists() else commit(),
+                    "files": files,
+                }
+            )
+            self.used[new[-1]["commit"]] += 1
+        if new:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.writelines(json.dumps(e) + "\n" for e in new)
+            self.entries += new
+
+    def provenance(self) -> str:
+        """One line for the report: which commits the runs it reads were made at."""
+        return "runs made at commit " + ", ".join(f"`{c}` ({n})" for c, n in self.used.most_common())
+
+
+def key(overrides: list[str]) -> str:
+    return " ".join(sorted(overrides))
+
+
+def open_ledger(value: str | None) -> Ledger | None:
+    """``--ledger``: a path, ``none``, or (unset) ``benchmarks/runs.jsonl``."""
+    if value == "none":
+        return None
+    return Ledger(Path(value) if value else LEDGER)
+
+
+LEDGER_HELP = "finished runs kept across machines: a path, or none (default: benchmarks/runs.jsonl)"

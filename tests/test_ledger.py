@@ -1,0 +1,72 @@
+"""benchmarks/ledger.py: a finished benchmark run survives its machine, and a recorded run is not made again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import benchmarks.ledger
+from benchmarks.ledger import Ledger
+from benchmarks.quality import multirun
+
+OVERRIDES = ["task=sst2", "loop=gold", "loop.gold_train_size=400"]
+
+
+@pytest.fixture(autouse=True)
+def at_commit(monkeypatch) -> None:
+    monkeypatch.setattr(benchmarks.ledger, "commit", lambda: "abc1234")
+
+
+def finished_run(sweep_dir: Path, job: str, acc: float) -> None:
+    (sweep_dir / job).mkdir(parents=True)
+    (sweep_dir / job / "summary.json").write_text(json.dumps({"loop": "gold", "test_acc": acc}))
+    (sweep_dir / job / "metrics.jsonl").write_text(json.dumps({"round": 0, "test_acc": acc}) + "\n")
+
+
+def test_a_recorded_run_is_restored_on_a_new_machine_instead_of_run_again(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "runs.jsonl"
+    first = tmp_path / "machine1"
+    finished_run(first / "seed0", "0_sst2_gold_seed0", 0.8)
+    ledger = Ledger(path)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a}"))
+    multirun(first, OVERRIDES, ["0"], 1, ledger)  # finished here: reused, and recorded
+    assert len(path.read_text().splitlines()) == 1
+
+    second = tmp_path / "machine2"  # a fresh --out, the overrides in another order
+    multirun(second, list(reversed(OVERRIDES)), ["0"], 1, Ledger(path))
+    restored = second / "seed0" / "0_sst2_gold_seed0"
+    assert json.loads((restored / "summary.json").read_text())["test_acc"] == 0.8
+    assert (restored / "metrics.jsonl").read_text() == (
+        first / "seed0" / "0_sst2_gold_seed0" / "metrics.jsonl"
+    ).read_text()
+    assert len(path.read_text().splitlines()) == 1  # not recorded twice
+
+
+def test_an_unrecorded_seed_runs_and_a_finished_run_is_never_overwritten(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "runs.jsonl"
+    out = tmp_path / "out"
+    finished_run(tmp_path / "old" / "seed0", "0_sst2_gold_seed0", 0.8)
+    Ledger(path).record(OVERRIDES, "0", tmp_path / "old" / "seed0")
+    finished_run(out / "seed0", "0_sst2_gold_seed0", 0.7)  # this machine's own finished run differs: it stays
+    launched = []
+
+    def fake_run(cmd, **_):
+        launched.append(cmd)
+        finished_run(out / "seed1", "0_sst2_gold_seed1", 0.75)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    ledger = Ledger(path)
+    multirun(out, OVERRIDES, ["0", "1"], 1, ledger)
+    assert len(launched) == 1 and "seed=1" in launched[0]
+    assert json.loads((out / "seed0" / "0_sst2_gold_seed0" / "summary.json").read_text())["test_acc"] == 0.7
+    assert [e["seed"] for e in map(json.loads, path.read_text().splitlines())] == ["0", "1"]
+    assert sum(ledger.used.values()) == 2 and ledger.provenance() == "runs made at commit `abc1234` (2)"
+
+
+def test_without_running_only_what_is_recorded_is_restored(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("ran"))
+    multirun(tmp_path / "out", OVERRIDES, ["0"], 1, Ledger(tmp_path / "runs.jsonl"), run=False)
+    assert not list((tmp_path / "out").rglob("summary.json"))
