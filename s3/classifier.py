@@ -49,6 +49,7 @@ from transformers import (
 
 from s3.atomic import atomic_dir
 from s3.config import UserError
+from s3.console import live_console
 from s3.data import Task
 from s3.embed import resolve_model
 
@@ -400,7 +401,7 @@ def lightning_trainer(cfg: SmallModelConfig, epochs: int, progress: bool) -> pl.
         logger=False,
         enable_checkpointing=False,
         enable_model_summary=False,
-        enable_progress_bar=progress,
+        enable_progress_bar=progress and live_console(),  # a log file gets no redrawn epoch bars
         num_sanity_val_steps=0,
         deterministic=False,
     )

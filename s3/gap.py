@@ -45,6 +45,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 from threadpoolctl import threadpool_limits
 
+from s3.console import native_output_muted
+
 
 class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
@@ -105,16 +107,17 @@ def mauve_score(p: np.ndarray, q: np.ndarray, cfg: GapConfig, seed: int) -> floa
         return None
     import mauve  # imports faiss; deferred so that importing s3.gap stays cheap
 
-    out = mauve.compute_mauve(
-        p_features=p,
-        q_features=q,
-        num_buckets=num_buckets,
-        kmeans_num_redo=cfg.mauve_kmeans_num_redo,
-        kmeans_max_iter=cfg.mauve_kmeans_max_iter,
-        mauve_scaling_factor=cfg.mauve_scaling_factor,
-        seed=seed,
-        verbose=False,
-    )
+    with native_output_muted():  # faiss warns on stderr when there are fewer than 39 points per bucket
+        out = mauve.compute_mauve(
+            p_features=p,
+            q_features=q,
+            num_buckets=num_buckets,
+            kmeans_num_redo=cfg.mauve_kmeans_num_redo,
+            kmeans_max_iter=cfg.mauve_kmeans_max_iter,
+            mauve_scaling_factor=cfg.mauve_scaling_factor,
+            seed=seed,
+            verbose=False,
+        )
     return float(out.mauve)
 
 

@@ -10,13 +10,14 @@ seconds. Either way the phase ends with one summary line in the run log.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
+
+from s3.console import live_console
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ _phase: ContextVar[Phase | None] = ContextVar("s3_llm_phase", default=None)
 def llm_phase(name: str, target: int | None = None, live: bool | None = None) -> Iterator[Phase]:
     """Count and show the LLM work inside the block (``target``: the rows it should keep). ``live``: a bar
     (default: when stderr is a terminal)."""
-    phase = Phase(name, target, sys.stderr.isatty() if live is None else live)
+    phase = Phase(name, target, live_console() if live is None else live)
     token = _phase.set(phase)
     try:
         yield phase

@@ -126,3 +126,24 @@ def test_learns_from_300_real_rows_every_seed(seed):
 def test_two_epochs_learn_too():
     """The [CLS] head on this encoder stayed at chance here on every seed (benchmarks/RESULTS.md)."""
     assert gold_300_test_acc(0, ["small_model.max_epochs=2"]) > 0.70
+
+
+def test_epoch_bars_only_on_a_terminal(monkeypatch) -> None:
+    """Lightning redraws its bar with carriage returns: in a log file that is thousands of characters per epoch."""
+    import sys
+
+    from s3.classifier import lightning_trainer
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert (
+        lightning_trainer(SmallModelConfig("minilm", "embedded:minilm"), 1, progress=True).progress_bar_callback is None
+    )
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert (
+        lightning_trainer(SmallModelConfig("minilm", "embedded:minilm"), 1, progress=True).progress_bar_callback
+        is not None
+    )
+    assert (
+        lightning_trainer(SmallModelConfig("minilm", "embedded:minilm"), 1, progress=False).progress_bar_callback
+        is None
+    )

@@ -142,3 +142,20 @@ def test_a_corrupt_embedding_cache_is_moved_aside_and_rebuilt(tmp_path: Path, ca
     assert str(db) in caplog.text and "rebuilt" in caplog.text
     assert np.allclose(e.embed(texts), v1, atol=1e-6) and e.n_computed == 2  # recomputed, not crashed
     assert list(tmp_path.glob("embed-*.sqlite.corrupt-*"))  # the bad file is kept for a look, not deleted
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_faiss_own_warning_on_a_small_set_is_muted_unless_verbose(capfd, verbose) -> None:
+    """MAUVE's faiss k-means writes "WARNING clustering …" straight to stderr below 39 points per bucket."""
+    from s3.console import quiet_libraries
+    from s3.gap import mauve_score
+
+    rng = np.random.default_rng(0)
+    p, q = rng.normal(size=(100, 8)).astype(np.float32), rng.normal(size=(100, 8)).astype(np.float32)
+    try:
+        quiet_libraries(verbose=verbose)
+        capfd.readouterr()
+        assert mauve_score(p, q, GapConfig(), seed=0) is not None
+        assert ("WARNING clustering" in capfd.readouterr().err) is verbose
+    finally:
+        quiet_libraries()
