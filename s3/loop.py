@@ -244,18 +244,11 @@ def round_room(L: SyntheticLoopConfig, budget: float, n_train: int, k: int) -> f
     return room
 
 
-def run_synthetic(
-    cfg: DictConfig,
-    L: SyntheticLoopConfig,
-    task: Task,
-    small: SmallModelConfig,
-    real: RealData,
-    run_dir: Path,
-    recorder: RunRecorder,
-    llm: LLM,
-    gap: Any,
-) -> dict[str, Any]:
-    rounds_dir = run_dir / "rounds"
+def make_synthesizer(
+    cfg: DictConfig, L: SyntheticLoopConfig, task: Task, real: RealData, llm: LLM
+) -> tuple[Synthesizer, GoldLabelCheck | None]:
+    """The run's synthesizer for its task kind, with the post-generation checks (and the gold label check, when on,
+    for its per-round accuracy)."""
     wants = task.prompts.get("pair_context", L.pair_context) if task.is_pair else L.pair_context
     if wants != L.pair_context:  # e.g. the paper's RTE prompts, which only write hypotheses for real premises
         raise UserError(f"task {task.name}'s prompt set is written for loop.pair_context={wants}; add that override")
@@ -284,6 +277,22 @@ def run_synthetic(
         synth = PairContextSynthesizer(llm, task, filters, L, cfg.seed, real.train)
     else:
         synth = Synthesizer(llm, task, filters, L, cfg.seed)
+    return synth, gold_check
+
+
+def run_synthetic(
+    cfg: DictConfig,
+    L: SyntheticLoopConfig,
+    task: Task,
+    small: SmallModelConfig,
+    real: RealData,
+    run_dir: Path,
+    recorder: RunRecorder,
+    llm: LLM,
+    gap: Any,
+) -> dict[str, Any]:
+    rounds_dir = run_dir / "rounds"
+    synth, gold_check = make_synthesizer(cfg, L, task, real, llm)
     budget = L.total_budget if L.total_budget is not None else math.inf
 
     def finish_round(
@@ -359,7 +368,7 @@ def run_synthetic(
         for k in range(start_round + 1):  # a crash between writing a round and logging it
             if k not in logged and (rounds_dir / f"round_{k}" / "metrics.json").is_file():
                 recorder.log_round(json.loads((rounds_dir / f"round_{k}" / "metrics.json").read_text()))
-        filters.add_existing(train_rows)
+        synth.filters.add_existing(train_rows)
         log.info("resuming after round %d (%d synthetic rows, %d errors)", start_round, len(train_rows), len(errors))
 
     for k in range(start_round + 1, L.rounds + 1):

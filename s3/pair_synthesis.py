@@ -41,6 +41,11 @@ class PairContextSynthesizer(Synthesizer):
         self.given, self.written = task.given_field, task.written_field  # a real text fills one; the LLM the other
         self.names = {"given_field": task.field_labels[self.given], "written_field": task.field_labels[self.written]}
         self.contexts = sorted({str(r[self.given]) for r in train_rows})  # sorted: the same order on every run
+        # The written field is one line: where the backend continues a started answer, the answer starts with its
+        # label ("Question:") and ends at the line's end, so chatter around or after it is never written.
+        start = task.prompts.get("answer_start_given") or ""
+        if start and llm.continues_answers:
+            self.answer_start, self.answer_stop = start.format(**self.names), ("\n",)
         if not self.contexts:
             raise ValueError(f"task {task.name!r}: loop.pair_context=train needs a train split to take contexts from")
 

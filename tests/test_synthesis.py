@@ -542,3 +542,51 @@ def test_chat_apis_that_answer_a_new_turn_get_no_started_answer() -> None:
     llm.continues_answers = False  # e.g. the OpenAI backend
     synthesizer(llm).extrapolate(ERRORS, round_=1, limit=6)
     assert llm.seen and all(u.messages[-1].role == "user" and u.sampling.stop == () for u in llm.seen)
+
+
+class ContinuingQuestionLLM(LLM):
+    """A backend that continues a started answer and cuts it at a stop string, as transformers and vLLM do: it
+    writes a question, then (on the next lines) chatter about it."""
+
+    name = "continuing-questions"
+    continues_answers = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[ChatRequest] = []
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        self.seen.extend(units)
+        out = []
+        for u in units:
+            rng = random.Random(u.sampling.seed)
+            text = f" What did the {' '.join(rng.sample(VOCAB, 4))} do?\n\nThe answer is in the sentence."
+            if u.messages[-1].role != "assistant":
+                text = "Question:" + text
+            cut = min((text.index(s) for s in u.sampling.stop if s in text), default=len(text))
+            out.append(Completion(text[:cut], 3, 3, "stop"))
+        return out
+
+
+@pytest.mark.parametrize("continues", [True, False])
+def test_a_pair_field_on_a_real_context_is_one_started_line(continues) -> None:
+    """loop.pair_context=train (QNLI): the answer starts with the written field's label and ends at its line, so
+    the chatter after a question is never part of it; a chat API gets the plain prompt."""
+    from s3.pair_synthesis import PairContextSynthesizer
+
+    task = instantiate(compose_config(["task=qnli"]).task)
+    llm = ContinuingQuestionLLM()
+    llm.continues_answers = continues
+    cfg = SyntheticLoopConfig(label_check="none", gold_check=False, min_source_similarity=0.0, pair_context="train")
+    filters = build_filter_chain(cfg, task, protected=[], llm=llm)
+    train = [
+        {"text1": "?", "text2": f"The city of Paris number {i} lies on the river Seine.", "label": 0} for i in range(9)
+    ]
+    batch = PairContextSynthesizer(llm, task, filters, cfg, 0, train).seed_set(6, "zerogen", round_=0)
+    if continues:
+        assert all(u.messages[-1].role == "assistant" and u.messages[-1].content == "Question:" for u in llm.seen)
+        assert all(u.sampling.stop == ("\n",) for u in llm.seen)
+        assert len(batch.rows) == 6 and all(r["text1"].startswith("What did") for r in batch.rows)
+        assert all(r["text1"].endswith("do?") for r in batch.rows)
+    else:
+        assert all(u.messages[-1].role == "user" and u.sampling.stop == () for u in llm.seen)
