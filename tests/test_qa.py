@@ -175,6 +175,35 @@ class ScriptedQuestionLLM(LLM):
         return out
 
 
+class ContinuingQuestionLLM(ScriptedQuestionLLM):
+    """Continues a started answer ("Question:") and cuts it at a stop string, as transformers and vLLM do; writes an
+    answer line after the question."""
+
+    continues_answers = True
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        self.seen = [*getattr(self, "seen", []), *units]
+        out = []
+        for u in units:
+            word = random.Random(u.sampling.seed).choice(re.findall(r"[A-Za-z]{6,}", u.messages[1].content))
+            text = f" What is said about {word}?\nAnswer: {word}"
+            cut = min((text.index(s) for s in u.sampling.stop if s in text), default=len(text))
+            out.append(Completion(text[:cut], 5, 5, "stop"))
+        return out
+
+
+def test_questions_are_started_answers_cut_at_their_line(data_dir) -> None:
+    cfg = compose_config(["task=adqa", "loop=zerogen", "loop.answer_spans=candidates"])
+    task = instantiate(cfg.task)
+    llm = ContinuingQuestionLLM()
+    batch = QASynthesizer(
+        llm, task, FilterChain([]), loop_config(cfg.loop), 0, load_split(task, "train", data_dir)
+    ).seed_set(8, "zerogen", round_=0)
+    assert all(u.messages[-1].role == "assistant" and u.messages[-1].content == "Question:" for u in llm.seen)
+    assert all(u.sampling.stop == ("\n",) for u in llm.seen)
+    assert len(batch.rows) == 8 and all(re.fullmatch(r"What is said about \w+\?", r["question"]) for r in batch.rows)
+
+
 QA_TINY = [
     "task=adqa",
     "logger=none",
