@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ledger import LEDGER_HELP, open_ledger  # noqa: E402
-from benchmarks.quality import multirun  # noqa: E402
+from benchmarks.quality import method_overrides, multirun  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from s3.config import REPO_ROOT  # noqa: E402
 
@@ -50,20 +50,18 @@ PAPER: dict[str, dict[str, tuple[float, bool]]] = {
 
 
 def cell_overrides(task: str, method: str, args: argparse.Namespace) -> list[str]:
-    """The run.py overrides of one (task, method) cell."""
-    common = [f"task={task}", "logger=none", "gap.vs_train=false", *args.extra.split()]
-    if MAX_TEST[task] is not None:
-        common.append(f"loop.max_test={MAX_TEST[task]}")
-    if task == "adqa":
-        common.append(f"small_model.min_steps={args.qa_min_steps}")
-    if method == "gold":
-        rows = "null" if args.gold_rows == "all" else (args.gold_rows or args.budget)
-        return [*common, "loop=gold", f"loop.gold_train_size={rows}"]
-    if method == "s3":
-        per_round = (args.budget - args.seed_size) // args.rounds
-        return [*common, "loop=s3", f"loop.total_budget={args.budget}", f"loop.seed_size={args.seed_size}",
-                f"loop.rounds={args.rounds}", f"loop.max_new_per_round={per_round}"]  # fmt: skip
-    return [*common, f"loop={method}", f"loop.total_budget={args.budget}"]  # one-shot: the whole budget at once
+    """The run.py overrides of one (task, method) cell: quality.py's for that method, so the two share runs."""
+    qa = [f"small_model.min_steps={args.qa_min_steps}"] if task == "adqa" else []
+    return method_overrides(
+        task,
+        method,
+        budget=args.budget,
+        seed_size=args.seed_size,
+        rounds=args.rounds,
+        gold_rows=args.gold_rows,
+        max_test=MAX_TEST[task],
+        extra=[*args.extra.split(), *qa],
+    )
 
 
 def collect(out: Path, tasks: list[str], methods: list[str], seeds: list[str]) -> dict[tuple[str, str], list[dict]]:

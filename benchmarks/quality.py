@@ -64,6 +64,51 @@ def multirun(
             ledger.record(overrides, seed, sweep_dir)
 
 
+def s3_budget(budget: int, seed_size: int, rounds: int) -> list[str]:
+    """Equal budget: the seed set, then the rest split evenly over the extrapolation rounds, so that every round
+    gets feedback (uncapped, round 1 alone would use up the budget whenever there are many errors)."""
+    per_round = (budget - seed_size) // max(rounds, 1)
+    return [
+        f"loop.total_budget={budget}",
+        f"loop.seed_size={seed_size}",
+        f"loop.rounds={rounds}",
+        f"loop.max_new_per_round={per_round}",
+    ]
+
+
+def common_overrides(task: str, max_test: int | None, extra: list[str]) -> list[str]:
+    """What every run of a benchmark on ``task`` shares: no W&B, test rows capped at ``max_test``, ``extra``."""
+    return [
+        f"task={task}",
+        "logger=none",
+        "gap.vs_train=false",
+        *extra,
+        *([f"loop.max_test={max_test}"] if max_test else []),
+    ]
+
+
+def method_overrides(
+    task: str,
+    method: str,
+    *,
+    budget: int,
+    seed_size: int,
+    rounds: int,
+    gold_rows: str | None,
+    max_test: int | None,
+    extra: list[str],
+) -> list[str]:
+    """The run.py overrides of one method's runs on one task, for this benchmark and ``paper_table.py`` alike (so
+    the two share their runs in the ledger): ``gold`` on ``gold_rows`` real rows (``all``: the whole train split;
+    default: ``budget``), ``s3`` at :func:`s3_budget`, any other method the whole budget in round 0."""
+    common = common_overrides(task, max_test, extra)
+    if method == "gold":
+        return [*common, "loop=gold", f"loop.gold_train_size={'null' if gold_rows == 'all' else gold_rows or budget}"]
+    if method == "s3":
+        return [*common, "loop=s3", *s3_budget(budget, seed_size, rounds)]
+    return [*common, f"loop={method}", f"loop.total_budget={budget}"]
+
+
 EXPERIMENTS = REPO_ROOT / "conf" / "experiment"
 ABLATIONS = sorted(
     p.stem for p in EXPERIMENTS.glob("*.yaml")
@@ -139,16 +184,7 @@ def main() -> None:
     args = ap.parse_args()
     ledger = open_ledger(args.ledger)
 
-    # Equal budget: the seed set, then the rest split evenly over the extrapolation rounds, so that every round
-    # gets feedback (uncapped, round 1 alone would use up the budget whenever there are many errors).
-    per_round = (args.budget - args.seed_size) // max(args.rounds, 1)
-    s3_args = [
-        f"loop.total_budget={args.budget}",
-        f"loop.seed_size={args.seed_size}",
-        f"loop.rounds={args.rounds}",
-        f"loop.max_new_per_round={per_round}",
-        *args.s3_extra.split(),
-    ]
+    s3_args = [*s3_budget(args.budget, args.seed_size, args.rounds), *args.s3_extra.split()]
     known = {key: ablation(key, s3_args, args.budget) for key in ABLATIONS}  # key -> (label, overrides)
     keys = list(known) if args.ablations == "all" else [k for k in args.ablations.split(",") if k]
     if unknown := set(keys) - set(known):
@@ -156,24 +192,21 @@ def main() -> None:
     ablations = dict(known[k] for k in keys)
 
     out = Path(args.out or REPO_ROOT / "outputs" / "bench_quality" / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    common = [
-        f"task={args.task}",
-        f"loop.max_test={args.max_test}",
-        "logger=none",
-        "gap.vs_train=false",
-        *args.extra.split(),
-    ]
+    settings = dict(
+        budget=args.budget,
+        seed_size=args.seed_size,
+        rounds=args.rounds,
+        gold_rows=args.gold_rows,
+        max_test=args.max_test,
+        extra=args.extra.split(),
+    )
+    common = common_overrides(args.task, args.max_test, args.extra.split())
     start = time.perf_counter()
     seeds = args.seeds.split(",")
     methods = args.methods.split(",")
-    if "gold" in methods:
-        gold_rows = "null" if args.gold_rows == "all" else (args.gold_rows or args.budget)
-        multirun(out / "gold", [*common, "loop=gold", f"loop.gold_train_size={gold_rows}"], seeds, 1, ledger)
-    baselines = [m for m in methods if m not in ("gold", "s3")]
-    for method in baselines:  # one-shot methods: the whole budget in round 0
-        multirun(out / method, [*common, f"loop={method}", f"loop.total_budget={args.budget}"], seeds, 1, ledger)
-    if "s3" in methods:
-        multirun(out / "s3", [*common, "loop=s3", *s3_args], seeds, 1, ledger)
+    for method in methods:
+        overrides = method_overrides(args.task, method, **settings)
+        multirun(out / method, [*overrides, *(args.s3_extra.split() if method == "s3" else [])], seeds, 1, ledger)
     for key in keys:
         multirun(out / f"ablation_{key}", [*common, *known[key][1]], seeds, 1, ledger)
 

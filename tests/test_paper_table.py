@@ -49,3 +49,18 @@ def test_the_table_puts_ours_beside_the_papers_and_averages_the_five_columns(tmp
     assert "gold" not in averages and "| gold | – (92.30)" in lines[2]  # incomplete: no average
     paper_s3 = sum(PAPER["s3"][c][0] for c in COLUMNS) / 5
     assert f"({paper_s3:.2f})" in s3_row
+
+
+def test_the_quality_benchmarks_adqa_runs_are_the_tables_cells() -> None:
+    """`quality.py --task adqa --gold-rows all --max-test 1500 --extra small_model.min_steps=300` makes the runs the
+    table's AdQA cells read from the ledger (its key: the overrides in any order)."""
+    from benchmarks.ledger import key
+    from benchmarks.quality import method_overrides
+
+    args = argparse.Namespace(**{**vars(ARGS), "gold_rows": "all"})
+    for method in ("gold", "zerogen", "goldgen", "s3"):
+        quality = method_overrides(
+            "adqa", method, budget=400, seed_size=200, rounds=2, gold_rows="all", max_test=1500,
+            extra=["small_model.min_steps=300"],
+        )  # fmt: skip
+        assert key(quality) == key(cell_overrides("adqa", method, args))
