@@ -27,8 +27,7 @@ from hydra.utils import instantiate
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.results import write_section  # noqa: E402
 from s3.config import compose_config  # noqa: E402
-from s3.data import load_real_data  # noqa: E402
-from s3.loop import load_llm, make_synthesizer  # noqa: E402
+from s3.loop import load_llm, make_synthesizer, run_data  # noqa: E402
 from s3.loop_config import loop_config  # noqa: E402
 
 PLAIN = "task.prompts.answer_start_given=''"
@@ -72,16 +71,7 @@ def main() -> None:
                 ]
             )
             task, loop = instantiate(cfg.task), loop_config(cfg.loop)
-            real = load_real_data(
-                task,
-                cfg.paths.data_dir,
-                loop.num_gold_val,
-                loop.max_test,
-                cfg.seed,
-                loop.pair_context == "train",
-                loop.selection_fraction,
-                loop.gold_split,
-            )
+            real = run_data(cfg, loop, task, need_train=loop.pair_context == "train")
             synth, _ = make_synthesizer(cfg, loop, task, real, llm)
             batch = synth.seed_set(args.rows, "zerogen", round_=0)
             shares[(task_name, name)] = len(batch.rows) / max(batch.generated, 1)

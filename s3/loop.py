@@ -244,6 +244,20 @@ def round_room(L: SyntheticLoopConfig, budget: float, n_train: int, k: int) -> f
     return room
 
 
+def run_data(cfg: DictConfig, loop: Any, task: Task, need_train: bool) -> RealData:
+    """The real rows a run (``loop``: its loop config) sees, as its config says."""
+    return load_real_data(
+        task,
+        cfg.paths.data_dir,
+        loop.num_gold_val,
+        loop.max_test,
+        cfg.seed,
+        need_train,
+        loop.selection_fraction,
+        loop.gold_split,
+    )
+
+
 def make_synthesizer(
     cfg: DictConfig, L: SyntheticLoopConfig, task: Task, real: RealData, llm: LLM
 ) -> tuple[Synthesizer, GoldLabelCheck | None]:
@@ -542,16 +556,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
         or (task.is_pair and loop.pair_context == "train")
         or bool(cfg.gap.enabled and cfg.gap.vs_train)
     )
-    real = load_real_data(
-        task,
-        cfg.paths.data_dir,
-        loop.num_gold_val,
-        loop.max_test,
-        cfg.seed,
-        need_train,
-        loop.selection_fraction,
-        loop.gold_split,
-    )
+    real = run_data(cfg, loop, task, need_train)
     if not isinstance(loop, GoldLoopConfig):
         check_patterns(task, real.gold_val)  # a declared format the gold rows break: one line, before the LLM loads
     atomic_write_jsonl(
