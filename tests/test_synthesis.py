@@ -544,16 +544,9 @@ def test_chat_apis_that_answer_a_new_turn_get_no_started_answer() -> None:
     assert llm.seen and all(u.messages[-1].role == "user" and u.sampling.stop == () for u in llm.seen)
 
 
-class ContinuingQuestionLLM(LLM):
+class ContinuingQuestionLLM(ContinuingLLM):
     """A backend that continues a started answer and cuts it at a stop string, as transformers and vLLM do: it
     writes a question, then (on the next lines) chatter about it."""
-
-    name = "continuing-questions"
-    continues_answers = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[ChatRequest] = []
 
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         self.seen.extend(units)
