@@ -531,7 +531,7 @@ class LLMLabelCheck(FlagFilter):
     classification, which a small LLM does near chance. ``channel``: the noisy-channel direction (Min et al.,
     ACL 2022): score log P(row | "write one <label> example") for every label with the task's ZeroGen prompt,
     and drop the row when another label explains it better by more than ``margin`` nats. ``auto``: channel
-    when the backend scores text (transformers), else choice (vLLM, servers).
+    when the backend scores text (transformers, vLLM), else choice (servers).
     """
 
     reason = "label_disagree"
@@ -545,15 +545,15 @@ class LLMLabelCheck(FlagFilter):
             return self._choice_check(rows)
         scores = self.channel_scores(rows)
         if scores is None:
-            if self.mode == "auto":  # servers and vLLM: re-label instead (fine for the large LLMs they run)
+            if self.mode == "auto":  # servers: re-label instead (fine for the large LLMs they run)
                 log.info(
                     "label check: %s returns no log-likelihoods; using the constrained-choice check", self.llm.name
                 )
                 self.mode = "choice"
                 return self._choice_check(rows)
             raise UserError(
-                f"loop.label_check=channel needs an LLM backend that scores text (llm=smollm2 or "
-                f"llm=transformers); {self.llm.name} returns no log-likelihoods. Use auto or choice."
+                f"loop.label_check=channel needs an LLM backend that scores text (llm=smollm2, "
+                f"llm=smollm2_vllm, llm=transformers); {self.llm.name} returns no log-likelihoods. Use auto or choice."
             )
         return [
             max(s[k] for k in range(len(s)) if k != r["label"]) - s[r["label"]] <= self.margin

@@ -364,6 +364,10 @@ def test_choices_carry_their_log_likelihood(smollm2: LLM, tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_channel_label_check_tells_real_labels_from_flipped_ones(smollm2: LLM, data_dir: Path) -> None:
+    check_channel_label_check(smollm2, data_dir)
+
+
+def check_channel_label_check(llm: LLM, data_dir: Path) -> None:
     """The noisy-channel check on 80 real SST-2 validation rows: right labels kept far more often than flipped ones."""
     from hydra.utils import instantiate
 
@@ -372,7 +376,7 @@ def test_channel_label_check_tells_real_labels_from_flipped_ones(smollm2: LLM, d
 
     task = instantiate(compose_config(["task=sst2"]).task)
     rows = load_split(task, "validation", data_dir)[:80]
-    check = LLMLabelCheck(smollm2, task, "channel", margin=1.0)
+    check = LLMLabelCheck(llm, task, "channel", margin=1.0)
     kept_right = sum(check.keep(rows)) / len(rows)
     kept_flipped = sum(check.keep([{**r, "label": 1 - r["label"]} for r in rows])) / len(rows)
     assert kept_right >= 0.75 and kept_right - kept_flipped >= 0.2, (kept_right, kept_flipped)
@@ -456,11 +460,20 @@ class TestVLLMInProcess:
     def test_a_started_answer_is_continued(self, engine: LLM) -> None:
         check_a_started_answer_is_continued(engine)
 
-    def test_choices_via_structured_outputs(self, engine: LLM) -> None:
-        out = engine.generate(
-            [SENTIMENT, ChatRequest(SENTIMENT.messages, Sampling(seed=1, n=3, max_tokens=8), SENTIMENT.choices)]
-        )
-        assert all(c.text in SENTIMENT.choices for o in out for c in o)
+    def test_choices_are_scored_as_the_transformers_backend_scores_them(self, engine: LLM, smollm2: LLM) -> None:
+        one_each = [ChatRequest(SENTIMENT.messages, Sampling(temperature=0), (c,)) for c in SENTIMENT.choices]
+        ours = [o[0].logprob for o in engine.generate(one_each)]
+        theirs = [o[0].logprob for o in smollm2.generate(one_each)]
+        assert all(x is not None and x < 0 for x in ours)
+        assert ours == pytest.approx(theirs, abs=0.3)  # the same text scored; bf16 vs float32 arithmetic
+        sampled = ChatRequest(SENTIMENT.messages, Sampling(temperature=1.0, seed=1, n=3), SENTIMENT.choices)
+        greedy, draws = engine.generate([SENTIMENT, sampled])
+        assert greedy[0].text == "positive" and greedy[0].logprob == pytest.approx(ours[0], abs=0.05)
+        assert [c.text for c in draws] == [c.text for c in engine.generate([sampled])[0]]  # seeded draws
+        assert all(c.text in SENTIMENT.choices for c in draws)
+
+    def test_channel_label_check_tells_real_labels_from_flipped_ones(self, engine: LLM, data_dir: Path) -> None:
+        check_channel_label_check(engine, data_dir)
 
 
 # ---------------------------------------------------------------- slow: OpenAI backend against a real `vllm serve`

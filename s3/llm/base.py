@@ -97,7 +97,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
-    # log P(text | prompt) for constrained choices, from backends that score (transformers); None elsewhere
+    # log P(text | prompt) for constrained choices, from backends that score (transformers, vLLM); None elsewhere
     logprob: float | None = None
 
 
@@ -199,6 +199,21 @@ def match_choice(text: str, choices: Sequence[str]) -> str | None:
         if m and (best is None or (m.start(), -len(nc)) < best[:2]):
             best = (m.start(), -len(nc), c)
     return best[2] if best else None
+
+
+def pick_choice(unit: ChatRequest, scores: Sequence[float]) -> int:
+    """Which of ``unit.choices`` a backend that scores them answers: greedy takes the best log-likelihood;
+    temperature > 0 draws from softmax(score / T) with the unit's seed (the same draw on every backend)."""
+    import random
+
+    import torch
+
+    scored = torch.tensor(list(scores))
+    if unit.sampling.temperature <= 0:
+        return int(scored.argmax())
+    seed = unit.sampling.seed if unit.sampling.seed is not None else random.randrange(2**31)
+    weights = torch.softmax(scored / unit.sampling.temperature, -1)
+    return int(torch.multinomial(weights, 1, generator=torch.Generator().manual_seed(seed)))
 
 
 class LLM(ABC):

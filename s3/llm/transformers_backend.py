@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from s3 import progress
-from s3.llm.base import LLM, ChatRequest, Completion, render_plain, skip_too_long, truncate_at_stop
+from s3.llm.base import LLM, ChatRequest, Completion, pick_choice, render_plain, skip_too_long, truncate_at_stop
 from s3.llm.models import resolve_model
 
 
@@ -199,14 +199,8 @@ class TransformersLLM(LLM):
                 scored[key].append(logp[row, pos, torch.tensor(c, device=self.device)].sum().item())
         results = []
         for u, p in zip(units, prompts):
-            scores = torch.tensor(scored[(tuple(p), u.choices)])  # type: ignore[index]
-            if u.sampling.temperature <= 0:
-                k = int(scores.argmax())
-            else:
-                g = torch.Generator().manual_seed(
-                    u.sampling.seed if u.sampling.seed is not None else random.randrange(2**31)
-                )
-                k = int(torch.multinomial(torch.softmax(scores / u.sampling.temperature, -1), 1, generator=g))
+            scores = scored[(tuple(p), u.choices)]  # type: ignore[index]
+            k = pick_choice(u, scores)
             choice = u.choices[k]  # type: ignore[index]
             results.append(
                 Completion(

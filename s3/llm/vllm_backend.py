@@ -2,8 +2,11 @@
 
 One `SamplingParams` per sample with its own seed: a single shared seeded
 object would give correlated samples. Prefix caching shares the prompt's KV
-across the n samples of a request. Scripts that build this must do so under
-`if __name__ == "__main__":` (vLLM spawns worker processes).
+across the n samples of a request. Constrained choices are scored as the
+transformers backend scores them (log P(choice + EOS | prompt), from vLLM's
+prompt log-probabilities), so label checks that need log-likelihoods work here
+too. Scripts that build this must do so under `if __name__ == "__main__":`
+(vLLM spawns worker processes).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from s3.llm.base import LLM, ChatRequest, Completion, match_choice, render_plain, skip_too_long
+from s3.llm.base import LLM, ChatRequest, Completion, pick_choice, render_plain, skip_too_long
 from s3.llm.models import resolve_model
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,11 @@ def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def _completion(out: Any) -> Completion:
+    c = out.outputs[0]
+    return Completion(c.text, len(out.prompt_token_ids or ()), len(c.token_ids), c.finish_reason or "stop")
 
 
 class VLLMBackend(LLM):
@@ -73,7 +81,6 @@ class VLLMBackend(LLM):
 
     def _params(self, unit: ChatRequest):
         from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
 
         s = unit.sampling
         return SamplingParams(
@@ -83,21 +90,65 @@ class VLLMBackend(LLM):
             max_tokens=s.max_tokens,
             seed=s.seed,
             stop=list(s.stop) or None,
-            structured_outputs=StructuredOutputsParams(choice=list(unit.choices)) if unit.choices else None,
         )
 
-    def prompt_tokens(self, unit: ChatRequest) -> int:
+    def prompt_ids(self, unit: ChatRequest) -> list[int]:
+        """Token ids of the rendered prompt (chat template if the model has one, else plain text)."""
         tokenizer = self.engine.get_tokenizer()
         if not self.use_chat_template:
-            return len(tokenizer(render_plain(unit.messages))["input_ids"])
+            return tokenizer(render_plain(unit.messages))["input_ids"]
         cont = unit.answer_started
         text = tokenizer.apply_chat_template(
             unit.as_dicts(), tokenize=False, add_generation_prompt=not cont, continue_final_message=cont
         )
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
-        skipped = skip_too_long(units, [self.prompt_tokens(u) for u in units], self.max_model_len)  # vLLM would fail
+        out: list[Completion | None] = [None] * len(units)
+        constrained = [i for i, u in enumerate(units) if u.choices is not None]
+        for i, c in zip(constrained, self._choose([units[i] for i in constrained])):
+            out[i] = c
+        free = [i for i, u in enumerate(units) if u.choices is None]
+        for i, c in zip(free, self._generate_free([units[i] for i in free])):
+            out[i] = c
+        return out  # type: ignore[return-value]
+
+    def _choose(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        """Score every choice (plus EOS) after its prompt, from one 1-token generation with prompt log-probabilities
+        per (prompt, choice); each unit then answers the best (greedy) or a seeded draw (``pick_choice``)."""
+        if not units:
+            return []
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        tokenizer = self.engine.get_tokenizer()
+        prompts = [self.prompt_ids(u) for u in units]
+        scored: dict[tuple[tuple[int, ...], tuple[str, ...]], list[float]] = {}
+        for u, p in zip(units, prompts):
+            scored.setdefault((tuple(p), u.choices), [])  # type: ignore[arg-type]
+        seqs = [
+            (key, len(key[0]), tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+            for key in scored
+            for c in key[1]
+        ]
+        outs = self.engine.generate(
+            [TokensPrompt(prompt_token_ids=[*key[0], *c]) for key, _, c in seqs],
+            SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0),
+            use_tqdm=False,
+        )
+        for (key, start, c), o in zip(seqs, outs):
+            scored[key].append(sum(o.prompt_logprobs[start + j][t].logprob for j, t in enumerate(c)))
+        results = []
+        for u, p in zip(units, prompts):
+            scores = scored[(tuple(p), u.choices)]  # type: ignore[index]
+            k = pick_choice(u, scores)
+            choice = u.choices[k]  # type: ignore[index]
+            n_tokens = len(tokenizer(choice, add_special_tokens=False)["input_ids"])
+            results.append(Completion(choice, len(p), n_tokens, "stop", logprob=float(scores[k])))
+        return results
+
+    def _generate_free(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        skipped = skip_too_long(units, [len(self.prompt_ids(u)) for u in units], self.max_model_len)  # vLLM would fail
         todo = [u for i, u in enumerate(units) if i not in skipped]
         params = [self._params(u) for u in todo]
         if not self.use_chat_template:
@@ -118,18 +169,8 @@ class VLLMBackend(LLM):
                     )
                     for i, o in zip(idx, got):
                         outs[i] = o
-        done = iter(self._completions(todo, outs))
+        done = iter(_completion(o) for o in outs)
         return [skipped[i] if i in skipped else next(done) for i in range(len(units))]
-
-    def _completions(self, units: Sequence[ChatRequest], outs: Sequence[Any]) -> list[Completion]:
-        results = []
-        for u, o in zip(units, outs):
-            c = o.outputs[0]
-            text = c.text
-            if u.choices and text not in u.choices:  # grammar guarantees it; guard whitespace quirks
-                text = match_choice(text, u.choices) or text
-            results.append(Completion(text, len(o.prompt_token_ids or ()), len(c.token_ids), c.finish_reason or "stop"))
-        return results
 
     def close(self) -> None:
         """Free the engine (KV cache + weights) so training can use the GPU."""
