@@ -206,6 +206,29 @@ def test_a_damaged_converted_model_is_converted_again(tmp_path, monkeypatch, cap
     assert converted == ["smollm2", "smollm2"] and str(path) in caplog.text and models.intact(path)
 
 
+def test_a_conversion_reads_the_gguf_file_once(tmp_path) -> None:
+    """transformers asks for the tokenizer, the config and the tensors separately; each would parse the file again."""
+    import gguf
+    import numpy as np
+
+    from s3.llm.models import gguf_read_once
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    real_reader, real_names = gguf.GGUFReader, gguf.get_tensor_name_map
+    with gguf_read_once():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first and first.tensors[0].name == "token_embd.weight"
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert gguf.GGUFReader is real_reader and gguf.get_tensor_name_map is real_names
+    assert gguf.GGUFReader(path) is not first
+
+
 @pytest.mark.parametrize("live", [False, True], ids=["log lines", "live bar"])
 def test_an_llm_phase_counts_answers_tokens_and_kept_rows(tmp_path, caplog, live) -> None:
     from s3 import progress

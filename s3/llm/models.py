@@ -9,11 +9,14 @@ GGUF path is slow and partial, and transformers dequantizes GGUF on every load
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
@@ -89,6 +92,32 @@ def intact(folder: Path) -> bool:
         return False
 
 
+@contextmanager
+def gguf_read_once() -> Iterator[None]:
+    """Within this block, gguf builds each file's reader and each tensor-name table once.
+
+    A conversion asks transformers for the tokenizer, the config and the tensors; each request parses the whole
+    GGUF file again (its vocabulary and merges: tens of thousands of strings, read one at a time), and the tensor mapping rebuilds gguf's
+    name table for every submodule. That was most of a fresh start's wait before the first LLM answer.
+    """
+    import gguf
+
+    real_reader, real_names = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple, object] = {}
+
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = real_reader(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(real_names)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = real_reader, real_names
+
+
 def _convert(name: str, target: Path) -> None:
     """GGUF -> safetensors checkpoint, written to a temp dir and renamed (atomic)."""
     import torch
@@ -103,14 +132,15 @@ def _convert(name: str, target: Path) -> None:
         gguf = EMBEDDED[name](tmp.parent)
         log.info("converting embedded model %s from %s (one-off)", name, gguf)
         kw = {"gguf_file": gguf.name}
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
-        config = AutoConfig.from_pretrained(str(gguf.parent), **kw)
-        # Dequantize directly: from_pretrained(gguf_file=) would need `accelerate`.
-        with torch.device("meta"):
-            skeleton = AutoModelForCausalLM.from_config(config)
-        state = load_gguf_checkpoint(
-            str(gguf), return_tensors=True, model_to_load=skeleton, torch_dtype=torch.bfloat16
-        )["tensors"]
+        with gguf_read_once():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kw)
+            config = AutoConfig.from_pretrained(str(gguf.parent), **kw)
+            # Dequantize directly: from_pretrained(gguf_file=) would need `accelerate`.
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(config)
+            state = load_gguf_checkpoint(
+                str(gguf), return_tensors=True, model_to_load=skeleton, torch_dtype=torch.bfloat16
+            )["tensors"]
         expected = set(skeleton.state_dict())
         if getattr(config, "tie_word_embeddings", False):
             expected.discard("lm_head.weight")
