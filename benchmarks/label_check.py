@@ -47,7 +47,7 @@ def main() -> None:
     labels = [r["label"] for r in rows]
     per_llm = {}
     for name in args.llms.split(","):
-        llm_cfg = compose_config([f"task={args.task}", f"llm={name}"])
+        llm_cfg = compose_config([f"task={args.task}", f"llm={name}", "llm.cache=false"])  # time the scoring itself
         start = time.perf_counter()
         llm = build_llm(llm_cfg.llm, llm_cfg.paths.cache_dir)
         scores = LLMLabelCheck(llm, task, "channel", margin=1.0).channel_scores(rows)

@@ -382,7 +382,26 @@ def test_choices_carry_their_log_likelihood(smollm2: LLM, tmp_path: Path) -> Non
     assert both[0].logprob is not None and both[0].logprob < 0
     assert single[0].logprob == pytest.approx(both[0].logprob, abs=1e-3)  # the chosen one's score
     cached = CachedLLM(smollm2, tmp_path)
-    assert cached.generate([one])[0][0].logprob == cached.generate([one])[0][0].logprob == single[0].logprob
+    first, again = (cached.generate([one])[0][0].logprob for _ in range(2))
+    assert first == again == pytest.approx(single[0].logprob, abs=1e-4)  # the second one from the disk cache
+
+
+@pytest.mark.slow
+def test_choices_sharing_a_prompt_score_as_one_full_forward_pass(smollm2: LLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prompt's KV cache is shared by its choices, batched and right-padded: each score must still be the
+    plain log-likelihood of prompt + choice + EOS."""
+    import torch
+
+    choices = ("positive", "negative", "a film I would watch again and again", "meh", "not great, not terrible")
+    monkeypatch.setattr(smollm2, "batch_size", 2)  # several batches, each padded to its longest choice
+    out = smollm2.generate([ChatRequest(SENTIMENT.messages, Sampling(temperature=0), (c,)) for c in choices])
+    prompt = smollm2.prompt(SENTIMENT)
+    for c, got in zip(choices, out):
+        cont = smollm2.tokenizer(c, add_special_tokens=False)["input_ids"] + smollm2.eos_ids[:1]
+        with torch.inference_mode():
+            logits = smollm2.model(input_ids=torch.tensor([prompt + cont])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)[len(prompt) - 1 : -1].gather(1, torch.tensor(cont)[:, None]).sum()
+        assert got[0].logprob == pytest.approx(logp.item(), abs=1e-3), c
 
 
 @pytest.mark.slow

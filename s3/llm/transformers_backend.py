@@ -9,6 +9,7 @@ its parameters and its seed.
 
 from __future__ import annotations
 
+import copy
 import gc
 import random
 from collections import defaultdict
@@ -174,33 +175,21 @@ class TransformersLLM(LLM):
     def _choose(self, units: Sequence[ChatRequest], prompts: Sequence[list[int]]) -> list[Completion]:
         """Constrained choice: score each choice's log-likelihood (choice + EOS) given the prompt.
 
-        Greedy picks the best; temperature > 0 samples from softmax(loglik / T) with the unit's seed.
+        Greedy picks the best; temperature > 0 samples from softmax(loglik / T) with the unit's seed. Choices that
+        share a prompt share its forward pass (a label check asks the same per-label prompt for every row).
         """
         eos = self.eos_ids[:1]
-        scored: dict[tuple[tuple[int, ...], tuple[str, ...]], list[float]] = {}
+        by_prompt: dict[tuple[int, ...], dict[str, float | None]] = defaultdict(dict)
         for u, p in zip(units, prompts):
-            scored.setdefault((tuple(p), u.choices), [])  # type: ignore[arg-type]
-        seqs = [
-            (key, c, list(key[0]), self.tokenizer(c, add_special_tokens=False)["input_ids"] + eos)
-            for key in scored
-            for c in key[1]
-        ]
-        pad = self.tokenizer.pad_token_id
-        for b in range(0, len(seqs), self.batch_size):
-            chunk = seqs[b : b + self.batch_size]
-            width = max(len(p) + len(c) for _, _, p, c in chunk)
-            ids = torch.tensor([p + c + [pad] * (width - len(p) - len(c)) for _, _, p, c in chunk], device=self.device)
-            mask = torch.tensor(
-                [[1] * (len(p) + len(c)) + [0] * (width - len(p) - len(c)) for _, _, p, c in chunk], device=self.device
-            )
-            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-            for row, (key, _, p, c) in enumerate(chunk):
-                pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=self.device)
-                scored[key].append(logp[row, pos, torch.tensor(c, device=self.device)].sum().item())
+            by_prompt[tuple(p)].update(dict.fromkeys(u.choices or ()))
+        for prompt, choices in by_prompt.items():
+            conts = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + eos for c in choices]
+            for c, score in zip(choices, self._score_continuations(list(prompt), conts)):
+                choices[c] = score
         results = []
         for u, p in zip(units, prompts):
-            scores = scored[(tuple(p), u.choices)]  # type: ignore[index]
-            k = pick_choice(u, scores)
+            scores = [by_prompt[tuple(p)][c] for c in u.choices]  # type: ignore[union-attr]
+            k = pick_choice(u, scores)  # type: ignore[arg-type]
             choice = u.choices[k]  # type: ignore[index]
             results.append(
                 Completion(
@@ -208,10 +197,33 @@ class TransformersLLM(LLM):
                     len(p),
                     len(self.tokenizer(choice, add_special_tokens=False)["input_ids"]),
                     "stop",
-                    logprob=float(scores[k]),
+                    logprob=float(scores[k]),  # type: ignore[arg-type]
                 )
             )
         return results
+
+    def _score_continuations(self, prompt: list[int], conts: Sequence[list[int]]) -> list[float]:
+        """log P(cont | prompt) for each continuation: the prompt runs once, its KV cache is copied per batch of
+        right-padded continuations (the padding sits after every scored token, so it changes nothing)."""
+        out = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True)
+        first = torch.log_softmax(out.logits[0, -1].float(), -1)
+        scores: list[float] = []
+        pad = self.tokenizer.pad_token_id
+        for b in range(0, len(conts), self.batch_size):
+            chunk = conts[b : b + self.batch_size]
+            width = max(map(len, chunk))
+            cache = copy.deepcopy(out.past_key_values)
+            cache.batch_repeat_interleave(len(chunk))
+            ids = torch.tensor([c + [pad] * (width - len(c)) for c in chunk], device=self.device)
+            mask = torch.tensor([[1] * (len(prompt) + len(c)) + [0] * (width - len(c)) for c in chunk])
+            logp = torch.log_softmax(
+                self.model(input_ids=ids, attention_mask=mask.to(self.device), past_key_values=cache).logits.float(),
+                -1,
+            )
+            for row, c in enumerate(chunk):
+                rest = logp[row, torch.arange(len(c) - 1, device=self.device), torch.tensor(c[1:], device=self.device)]
+                scores.append((first[c[0]] + rest.sum()).item())
+        return scores
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
