@@ -31,6 +31,7 @@ from s3.prompts import PromptBook
 
 log = logging.getLogger(__name__)
 
+EXTRAPOLATED = "extrapolated-from-"  # + the gold row's id: the source of an extrapolated row
 REFERENCE = "_reference"  # a candidate's source text (error extrapolation), read by SourceSimilarity, then removed
 
 
@@ -465,15 +466,17 @@ class GoldLabelCheck(FlagFilter):
     S3 has these rows anyway. The check drops rows it puts in another label than the one they were written
     for, and it is used only where it can learn the task: its cross-validated accuracy on the gold rows must
     reach ``min_accuracy`` (mean-pooled embeddings of a sentence pair say little about entailment, so on RTE
-    it stays off).
+    it stays off). With ``skip_misjudged``, it does not judge rows extrapolated from a gold row that it gets wrong
+    itself (out of fold): the small model's errors are often the check's errors too, and there a correct row like
+    its source would be dropped, which starves error extrapolation of exactly the region it is for.
     """
 
     reason = "gold_disagree"
 
     def __init__(self, embedder: Any, task: Task, gold_rows: Sequence[dict[str, Any]], seed: int,
-                 min_accuracy: float = 0.6, folds: int = 5):  # fmt: skip
+                 min_accuracy: float = 0.6, folds: int = 5, skip_misjudged: bool = True):  # fmt: skip
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import StratifiedKFold, cross_val_score
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
         self.embedder, self.task = embedder, task
         counts = Counter(r["label"] for r in gold_rows)
@@ -482,6 +485,7 @@ class GoldLabelCheck(FlagFilter):
         self.labels = {k for k, n in counts.items() if n >= 2}
         self.model: Any = None
         self.cv_accuracy = 0.0
+        self.misjudged: set[str] = set()  # ids of gold rows the check gets wrong out of fold (skip_misjudged)
         unchecked = [task.labels[k] for k in range(len(task.labels)) if k not in self.labels]
         if len(self.labels) < 2:
             log.warning("gold label check off: fewer than two labels have 2 or more gold rows")
@@ -495,23 +499,33 @@ class GoldLabelCheck(FlagFilter):
         # synthetic rows are asked for label-balanced: where the gold labels are far from it (a rare label), weigh
         # them alike, or the rare label's rows would mostly be put in a common one
         model = LogisticRegression(max_iter=2000, class_weight="balanced" if max(shown) > 2 * min(shown) else None)
-        self.cv_accuracy = float(cross_val_score(model, x, y, cv=cv).mean())
+        out_of_fold = cross_val_predict(model, x, y, cv=cv)
+        self.cv_accuracy = float((out_of_fold == y).mean())
         if self.cv_accuracy >= min_accuracy:
             self.model = model.fit(x, y)
+        if skip_misjudged:
+            self.misjudged = {str(r["id"]) for r, p in zip(rows, out_of_fold) if p != r["label"] and "id" in r}
         log.info(
-            "gold label check %s: %d-fold cross-validated accuracy %.3f on %d gold rows (needs %.2f)%s",
+            "gold label check %s: %d-fold cross-validated accuracy %.3f on %d gold rows (needs %.2f)%s%s",
             "on" if self.model is not None else "off",
             k,
             self.cv_accuracy,
             len(y),
             min_accuracy,
             f"; not judged (under 2 gold rows): {', '.join(unchecked)}" if unchecked else "",
+            f"; rows extrapolated from the {len(self.misjudged)} gold rows it misjudges are not judged"
+            if self.model is not None and self.misjudged
+            else "",
         )
 
     def agree(self, rows: Sequence[dict[str, Any]]) -> list[bool]:
-        """True where the classifier predicts the row's intended label (always True while the check is off, and
-        for rows of a label it could not learn)."""
-        judged = [i for i, r in enumerate(rows) if r["label"] in self.labels]
+        """True where the classifier predicts the row's intended label (always True while the check is off, for
+        rows of a label it could not learn, and for rows extrapolated from a gold row it misjudges)."""
+        judged = [
+            i
+            for i, r in enumerate(rows)
+            if r["label"] in self.labels and str(r.get("source", "")).removeprefix(EXTRAPOLATED) not in self.misjudged
+        ]
         out = [True] * len(rows)
         if self.model is None or not judged:
             return out

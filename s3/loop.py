@@ -270,7 +270,14 @@ def make_synthesizer(
     # texts (the whole test split) are dropped. The test set is used for nothing else here: no prompt sees it. The gold check
     # learns from the gold rows S3 learns from, never from the held-out ones.
     gold_check = (
-        GoldLabelCheck(sentence_embedder(cfg), task, real.gold_val, cfg.seed, L.gold_check_min_accuracy)
+        GoldLabelCheck(
+            sentence_embedder(cfg),
+            task,
+            real.gold_val,
+            cfg.seed,
+            L.gold_check_min_accuracy,
+            skip_misjudged=L.gold_check_skip_misjudged,
+        )
         if L.gold_check and not is_qa(task)  # QA rows have no label to check
         else None
     )

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from s3 import progress
-from s3.filters import FilterChain
+from s3.filters import EXTRAPOLATED, FilterChain
 from s3.llm import LLM, ChatRequest, Sampling
 from s3.loop_config import SyntheticLoopConfig
 from s3.parsing import normalize
@@ -232,7 +232,7 @@ class QASynthesizer(Synthesizer):
             question=error["question"],
         )
         given = {"context": error["context"], "answer_text": answer, "answer_start": start}
-        return Job(messages, given, f"extrapolated-from-{error['id']}", error["question"])
+        return Job(messages, given, f"{EXTRAPOLATED}{error['id']}", error["question"])
 
     def parse(self, job: Job, text: str) -> dict[str, Any] | str:
         question = parse_question(text, job.given["answer_text"])

@@ -18,7 +18,7 @@ from typing import Any
 
 from s3 import progress
 from s3.data import Task
-from s3.filters import REFERENCE, FilterChain
+from s3.filters import EXTRAPOLATED, REFERENCE, FilterChain
 from s3.llm import LLM, ChatRequest, Sampling
 from s3.llm.base import PROMPT_TOO_LONG
 from s3.loop_config import SyntheticLoopConfig
@@ -297,7 +297,7 @@ class Synthesizer:
         messages = self.book.messages(
             "extrapolate", example=self.book.example(error), **self.book.label_fields(error["label"])
         )
-        return Job(messages, {"label": error["label"]}, f"extrapolated-from-{error['id']}", self.task.text_of(error))
+        return Job(messages, {"label": error["label"]}, f"{EXTRAPOLATED}{error['id']}", self.task.text_of(error))
 
     def parse(self, job: Job, text: str) -> dict[str, Any] | str:
         """An answer's row fields, or the reason it is dropped."""
