@@ -252,13 +252,13 @@ def test_gold_check_works_with_rare_labels_and_leaves_unlearnable_ones_unjudged(
     assert check.agree(wrong) == [False] * 5 + [True] * 5  # c's rows written as b are caught; d's go unjudged
 
 
-def test_gold_check_does_not_judge_rows_extrapolated_from_gold_rows_it_gets_wrong(caplog) -> None:
+def test_gold_check_with_skip_misjudged_does_not_judge_rows_from_gold_rows_it_gets_wrong(caplog) -> None:
     """A gold row the check misjudges out of fold (label-0 words, label 1: an error the small model makes too):
-    rows extrapolated from it are like it, so the check would drop them; it lets them through, and says so."""
+    rows extrapolated from it are like it, so the check would drop them; skip_misjudged lets them through, and says so."""
     gold = [{**r, "id": f"g{i}"} for i, r in enumerate(marked_rows(40, seed=0))]
     odd = [{**r, "id": f"odd{i}", "label": 1} for i, r in enumerate(marked_rows(6, seed=2)[::2])]  # label-0 words
     with caplog.at_level("INFO"):
-        check = GoldLabelCheck(BagOfWords(), sst2_task(), gold + odd, seed=0)
+        check = GoldLabelCheck(BagOfWords(), sst2_task(), gold + odd, seed=0, skip_misjudged=True)
     assert check.misjudged == {"odd0", "odd1", "odd2"}
     assert "rows extrapolated from the 3 gold rows it misjudges are not judged" in caplog.text
     like_odd = [{**r, "label": 1} for r in marked_rows(6, seed=3)[::2]]  # label-0 words written as label 1
@@ -266,7 +266,7 @@ def test_gold_check_does_not_judge_rows_extrapolated_from_gold_rows_it_gets_wron
     from_judged = [{**r, "source": "extrapolated-from-g0"} for r in like_odd]
     assert check.agree(from_odd) == [True] * 3
     assert check.agree(from_judged) == check.agree(like_odd) == [False] * 3  # a seed row or a well-judged source
-    strict = GoldLabelCheck(BagOfWords(), sst2_task(), gold + odd, seed=0, skip_misjudged=False)
+    strict = GoldLabelCheck(BagOfWords(), sst2_task(), gold + odd, seed=0)  # the default judges every row
     assert strict.misjudged == set() and strict.agree(from_odd) == [False] * 3
 
 
