@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
+from s3 import progress
 from s3.config import UserError
 from s3.data import Task
 from s3.llm import LLM, ChatRequest, Sampling
@@ -585,7 +586,8 @@ class LLMLabelCheck(FlagFilter):
             for r in rows
             for k in labels
         ]
-        flat = [a[0].logprob for a in self.llm.generate(requests, call_site="label_check")]
+        with progress.scoring():
+            flat = [a[0].logprob for a in self.llm.generate(requests, call_site="label_check")]
         if any(x is None for x in flat):
             return None
         return [flat[i : i + len(labels)] for i in range(0, len(flat), len(labels))]  # type: ignore[misc]
@@ -599,7 +601,8 @@ class LLMLabelCheck(FlagFilter):
             )
             for r in rows
         ]
-        answers = self.llm.generate(requests, call_site="relabel")
+        with progress.scoring():
+            answers = self.llm.generate(requests, call_site="relabel")
         return [a[0].text == self.task.labels[r["label"]] for r, a in zip(rows, answers)]
 
 

@@ -2,9 +2,10 @@
 
 A phase is a ``with llm_phase("seed set", target=200):`` block. Inside it every LLM call reports what it was
 asked and what it has answered (``asked``/``answered``, called by ``LLM.generate`` and by the backends per batch),
-and the synthesizer reports the rows its checks kept (``kept``). On a terminal that is one live bar: answers
-done / asked, tokens per second, rows kept so far; elsewhere (a log file, CI) a line every ``LOG_EVERY_S``
-seconds. Either way the phase ends with one summary line in the run log.
+and the synthesizer reports the rows its checks kept (``kept``). LLM calls inside ``with scoring():`` (the label
+check scores rows, it writes nothing) are counted as label scores, apart from the answers. On a terminal that is one
+live bar: answers done / asked, tokens per second, label scores, rows kept so far; elsewhere (a log file, CI) a
+line every ``LOG_EVERY_S`` seconds. Either way the phase ends with one summary line in the run log.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Phase:
     def __init__(self, name: str, target: int | None, live: bool) -> None:
         self.name, self.target = name, target
         self.asked = self.answered = self.tokens = self.kept = 0
+        self.to_score = self.scored = 0  # label-check scorings: asked, done
         self.started = self.last_line = time.perf_counter()
         self.lock = threading.Lock()  # backends report from worker threads
         self.bar: Any = None
@@ -40,11 +42,13 @@ class Phase:
                 TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
-                TextColumn("answers · {task.fields[rate]} tok/s · {task.fields[kept]} kept"),
+                TextColumn(
+                    "answers · {task.fields[rate]} tok/s · {task.fields[scored]} label scores · {task.fields[kept]} kept"
+                ),
                 TimeElapsedColumn(),
                 transient=True,
             )
-            self.task = self.bar.add_task(name, total=None, rate="-", kept=self._kept_text())
+            self.task = self.bar.add_task(name, total=None, rate="-", scored=0, kept=self._kept_text())
             self.bar.start()
         else:  # a line now, so a log shows the phase began even before its first batch is answered
             log.info("%s: started%s", name, f" (target: {target} rows)" if target is not None else "")
@@ -58,13 +62,23 @@ class Phase:
             self.tokens += tokens
             self.update()
 
+    def report_scored(self, scorings: int, tokens: int = 0) -> None:
+        with self.lock:
+            self.scored += scorings
+            self.update()
+
     def rate(self) -> float:
         return self.tokens / max(time.perf_counter() - self.started, 1e-9)
 
     def update(self) -> None:
         if self.bar is not None:
             self.bar.update(
-                self.task, total=self.asked, completed=self.answered, rate=f"{self.rate():.0f}", kept=self._kept_text()
+                self.task,
+                total=self.asked,
+                completed=self.answered,
+                rate=f"{self.rate():.0f}",
+                scored=self.scored,
+                kept=self._kept_text(),
             )
         elif time.perf_counter() - self.last_line >= LOG_EVERY_S:
             self.last_line = time.perf_counter()
@@ -73,7 +87,8 @@ class Phase:
     def status(self) -> str:
         return (
             f"{self.answered}/{self.asked} answers, {self.tokens} tokens ({self.rate():.0f} tok/s), "
-            f"{self._kept_text()} rows kept, {time.perf_counter() - self.started:.0f} s"
+            + (f"{self.scored}/{self.to_score} label scores, " if self.to_score else "")
+            + f"{self._kept_text()} rows kept, {time.perf_counter() - self.started:.0f} s"
         )
 
     def close(self) -> None:
@@ -83,6 +98,7 @@ class Phase:
 
 
 _phase: ContextVar[Phase | None] = ContextVar("s3_llm_phase", default=None)
+_scoring: ContextVar[bool] = ContextVar("s3_llm_scoring", default=False)
 
 
 @contextmanager
@@ -98,28 +114,44 @@ def llm_phase(name: str, target: int | None = None, live: bool | None = None) ->
         phase.close()
 
 
+@contextmanager
+def scoring() -> Iterator[None]:
+    """LLM calls in the block score rows (a label check): counted as label scores, not as answers."""
+    token = _scoring.set(True)
+    try:
+        yield
+    finally:
+        _scoring.reset(token)
+
+
 def asked(answers: int) -> None:
     """An LLM call was asked for this many answers."""
     if (phase := _phase.get()) is not None:
-        phase.asked += answers
+        if _scoring.get():
+            phase.to_score += answers
+        else:
+            phase.asked += answers
         phase.update()
 
 
 def answered(answers: int, tokens: int = 0) -> None:
     """This many answers (with this many new tokens) are done."""
-    if (phase := _phase.get()) is not None:
-        phase.report(answers, tokens)
+    reporter()(answers, tokens)
 
 
 def reporter() -> Callable[[int, int], None]:
     """``answered`` bound to the current phase, for worker threads (which do not see the caller's context)."""
     phase = _phase.get()
-    return phase.report if phase is not None else (lambda answers, tokens=0: None)
+    if phase is None:
+        return lambda answers, tokens=0: None
+    return phase.report_scored if _scoring.get() else phase.report
 
 
 def answered_so_far() -> int:
     phase = _phase.get()
-    return phase.answered if phase is not None else 0
+    if phase is None:
+        return 0
+    return phase.scored if _scoring.get() else phase.answered
 
 
 def kept(rows: int) -> None:

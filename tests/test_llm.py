@@ -239,9 +239,12 @@ def test_an_llm_phase_counts_answers_tokens_and_kept_rows(tmp_path, caplog, live
         llm.generate([review("positive", n=2, seed=1)])  # 2 new answers
         assert (phase.asked, phase.answered, phase.tokens) == (2, 2, 4)
         llm.generate([review("positive", n=3, seed=1), review("x", seed=5), review("x", seed=5)])  # 2 hits, 2 new
+        with progress.scoring():  # a label check: scores, not answers
+            llm.generate([review("y", seed=6), review("positive", seed=1)])  # 1 new, 1 hit
         progress.kept(2)
-    assert len(fake.seen) == 4 and (phase.asked, phase.answered, phase.tokens, phase.kept) == (7, 7, 8, 2)
-    assert "seed set done: 7/7 answers, 8 tokens" in caplog.text and "2/3 rows kept" in caplog.text
+    assert len(fake.seen) == 5 and (phase.asked, phase.answered, phase.tokens, phase.kept) == (7, 7, 8, 2)
+    assert (phase.to_score, phase.scored) == (2, 2)
+    assert "seed set done: 7/7 answers, 8 tokens" in caplog.text and "2/2 label scores, 2/3 rows kept" in caplog.text
     progress.answered(5)  # outside a phase: nothing to count, nothing fails
     assert phase.answered == 7
 
