@@ -11,6 +11,7 @@ Every line of its output is timestamped as it arrives. Reported, per run:
 - **answers kept**: rows added over LLM answers generated, all rounds (``metrics.jsonl``: n_new / n_generated);
 - **test acc** of the final round.
 ``--llm smollm2_vllm`` (any ``llm=`` choice) passes ``RUN_ARGS`` to compare backends on the same run.
+``--write`` keeps the rows of LLMs not run this time, each with the commit and date it was measured at.
 Last line: make_run_seconds=<total of the first run>.
 
     .venv/bin/python benchmarks/make_run.py [--llm smollm2,smollm2_vllm] [--keep] [--write]
@@ -30,10 +31,33 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import RESULTS, commit, write_section  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_DIR = re.compile(r"done: .*\((?P<dir>[^()]+)\)\s*$")
+HEADER = (
+    "| llm | commit | date | setup s | run s | total s | first output s | first progress s | LLM answers | rows kept "
+    "| kept share | test acc |"
+)
+
+
+def earlier_rows(skip: set[str]) -> list[str]:
+    """The make_run table rows already in RESULTS.md for LLMs not in ``skip`` (rows written before the table had
+    commit and date columns get the section's)."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    section = re.search(r"<!-- make_run:start -->(.*?)<!-- make_run:end -->", text, re.S)
+    if not section:
+        return []
+    stamp = re.search(r"commit `([^`]+)`, (\S+),", section.group(1))
+    rows = []
+    for line in section.group(1).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or cells[0] in ("llm", *skip) or set(cells[0]) <= set("-"):
+            continue
+        if len(cells) == HEADER.count("|") - 3 and stamp:  # no commit and date cells yet
+            cells[1:1] = [f"`{stamp.group(1)}`", stamp.group(2)]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
 
 
 def timed_lines(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> list[tuple[float, str]]:
@@ -99,19 +123,16 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    lines = [
-        "| llm | setup s | run s | total s | first output s | first progress s | LLM answers | rows kept | kept share "
-        "| test acc |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    lines = [HEADER, "|" + "---|" * (HEADER.count("|") - 1)]
+    today = time.strftime("%Y-%m-%d")
     for r in results:
         lines.append(
-            f"| {r['llm']} | {r['setup_s']:.0f} | {r['run_s']:.0f} | {r['total_s']:.0f} | {r['first_output_s']:.0f} "
+            f"| {r['llm']} | `{commit()}` | {today} | {r['setup_s']:.0f} | {r['run_s']:.0f} | {r['total_s']:.0f} | {r['first_output_s']:.0f} "
             f"| {r['first_progress_s']:.0f} "
             f"| {r['answers']} | {r['kept']} | {r['kept'] / max(1, r['answers']):.1%} | {100 * r['test_acc']:.1f} |"
         )
-    table = "\n".join(lines)
-    print(table)
+    print("\n".join(lines))
+    table = "\n".join([*lines, *earlier_rows({r["llm"] for r in results})])
     if args.write:
         write_section(
             "make_run",
