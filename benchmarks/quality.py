@@ -266,6 +266,15 @@ def main() -> None:
                 f"| {method} | {mean_std(final[method])} |{em} {mean_std(val[method])} | {held_out} | "
                 f"{statistics.mean(sizes[method]):.0f} | {len(final[method])} | {per_seed} |"
             )
+    if args.task == "adqa":
+        say(
+            "\nAdQA here: the paper's 3,000-row AdQA test set split by passage; gold trains on its 1,093-row train "
+            "split (the paper's: 30k rows)."
+        )
+    say(
+        "\nval: the gold-validation rows S3 extrapolates from (an S3 run trains on rewrites of them, which flatters "
+        "its val score); select: held-out rows nothing is written from."
+    )
     say(
         f"\ns3 per round (test {unit} mean ± std): "
         + ", ".join(f"round {k}: {mean_std(v)}" for k, v in sorted(curves.items()))
