@@ -168,10 +168,12 @@ def test_every_run_a_wandb_sweep_proposes_composes(sweep):
 
 @pytest.mark.parametrize("name", options("experiment"))
 def test_experiment_presets_compose_to_valid_loops(name):
-    """Ablation presets (conf/experiment, used by benchmarks/quality.py) change the loop they name, validly."""
+    """Ablation presets (conf/experiment, used by benchmarks/quality.py) change the loop they name, validly, or the
+    task's prompts."""
     cfg = compose_config([f"+experiment={name}"])
     loop = loop_config(cfg.loop)
-    assert loop != loop_config(compose_config([f"loop={cfg.loop.name}"]).loop) or name == "no_rationale"
+    plain = compose_config([f"loop={cfg.loop.name}"])
+    assert loop != loop_config(plain.loop) or cfg.task.prompts != plain.task.prompts or name == "no_rationale"
 
 
 def test_saved_config_hides_secrets_and_url_credentials_but_not_counts():
