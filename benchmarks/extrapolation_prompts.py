@@ -24,7 +24,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import kept_row, write_section  # noqa: E402
 from s3.config import compose_config  # noqa: E402
 from s3.loop import load_llm, make_synthesizer, run_data  # noqa: E402
 from s3.loop_config import loop_config  # noqa: E402
@@ -81,13 +81,9 @@ def main() -> None:
             sources = balanced_sample(real.gold_val, args.sources, args.seed)
             jobs = [synth.error_job(row) for row in sources]
             batch = synth.run_jobs(jobs, samples=loop.per_error, round_=1, call_site="extrapolate", attempt=0)
-            shares[(task_name, name)] = len(batch.rows) / max(batch.generated, 1)
-            drops = ", ".join(f"{k} {v}" for k, v in batch.drops.most_common(4))
-            report.append(
-                f"| {task_name} | {name} | {batch.generated} | {len(batch.rows)} | "
-                f"{100 * shares[(task_name, name)]:.0f}% | {drops} |"
-            )
-            print(report[-1], flush=True)
+            shares[(task_name, name)], row = kept_row(task_name, name, batch, 4)
+            report.append(row)
+            print(row, flush=True)
     llm.close()
     tasks = args.tasks.split(",")
     best = max(names, key=lambda n: statistics.mean(shares[(t, n)] for t in tasks))

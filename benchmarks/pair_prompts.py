@@ -25,7 +25,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import kept_row, write_section  # noqa: E402
 from s3.config import compose_config  # noqa: E402
 from s3.loop import load_llm, make_synthesizer, run_data  # noqa: E402
 from s3.loop_config import loop_config  # noqa: E402
@@ -74,13 +74,9 @@ def main() -> None:
             real = run_data(cfg, loop, task, need_train=loop.pair_context == "train")
             synth, _ = make_synthesizer(cfg, loop, task, real, llm)
             batch = synth.seed_set(args.rows, "zerogen", round_=0)
-            shares[(task_name, name)] = len(batch.rows) / max(batch.generated, 1)
-            drops = ", ".join(f"{k} {v}" for k, v in batch.drops.most_common(3))
-            report.append(
-                f"| {task_name} | {name} | {batch.generated} | {len(batch.rows)} | "
-                f"{100 * shares[(task_name, name)]:.0f}% | {drops} |"
-            )
-            print(report[-1], flush=True)
+            shares[(task_name, name)], row = kept_row(task_name, name, batch)
+            report.append(row)
+            print(row, flush=True)
     llm.close()
     tasks = args.tasks.split(",")
     gain = statistics.mean(

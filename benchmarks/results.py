@@ -6,6 +6,7 @@ import datetime as dt
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = (
@@ -36,3 +37,10 @@ def write_section(name: str, title: str, command: str, body: str, machine: str =
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text.rstrip()}\n\n{section}\n"
     RESULTS.write_text(text)
+
+
+def kept_row(task: str, setting: str, batch: Any, reasons: int = 3) -> tuple[float, str]:
+    """A synthesis batch's kept share and its table row: task, setting, answers, kept, share, largest drops."""
+    share = len(batch.rows) / max(batch.generated, 1)
+    drops = ", ".join(f"{k} {v}" for k, v in batch.drops.most_common(reasons))
+    return share, f"| {task} | {setting} | {batch.generated} | {len(batch.rows)} | {100 * share:.0f}% | {drops} |"
