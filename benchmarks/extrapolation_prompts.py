@@ -6,6 +6,9 @@ mostly ``off_source`` (the answer drifted from the example it was asked to be li
 sample, balanced over the labels, standing in for a round's errors) each get ``loop.per_error`` answers, and every
 answer goes through the loop's own synthesizer and checks (parsing, cleaning, leak guard, source similarity, gold
 and LLM label checks). The table gives answers, rows kept, the kept share and the largest drop reasons.
+Random rows are easier than a round's errors (rows the small model gets wrong, which the gold check often
+misjudges too), so a prompt that keeps more here must still be checked in the loop: ``benchmarks/quality.py
+--ablations`` with its preset (e.g. ``similar_extrapolation``); each run's round metrics hold answers and drops.
 
     .venv/bin/python benchmarks/extrapolation_prompts.py [--tasks sst2] [--sources 80] [--llm smollm2] [--write]
 
