@@ -32,10 +32,11 @@ from s3.config import compose_config  # noqa: E402
 from s3.loop import load_llm, make_synthesizer, run_data  # noqa: E402
 from s3.loop_config import loop_config  # noqa: E402
 
-PROMPTS = {  # name -> the extrapolate template (None: the task's own, conf/prompts/)
+PRESETS = {"paper-style": "similar_extrapolation"}  # name -> the conf/experiment preset that sets its template
+PROMPTS = {  # name -> the extrapolate template (None: the task's own, conf/prompts/, or its preset's)
     "ours": None,
     "ours without opening quote": None,
-    "paper-style": "Write a {label} {example_kind} similar to:\n{example}",
+    "paper-style": None,
     "same topic and stance": (
         'Here is a {example_kind} whose correct label is "{label}" ({label_description}):\n"{example}"\n'
         'Write one new {example_kind} that is also "{label}" and is about the same thing: keep its topic and what '
@@ -73,7 +74,8 @@ def main() -> None:
     shares: dict[tuple[str, str], float] = {}
     for task_name in args.tasks.split(","):
         for name in names:
-            cfg = compose_config([f"task={task_name}", f"llm={args.llm}", "loop=s3", f"seed={args.seed}"])
+            preset = [f"+experiment={PRESETS[name]}"] if name in PRESETS else []
+            cfg = compose_config([f"task={task_name}", f"llm={args.llm}", "loop=s3", f"seed={args.seed}", *preset])
             if PROMPTS[name] is not None:
                 cfg.task.prompts.extrapolate = PROMPTS[name]
             if name.endswith("without opening quote"):  # the LLM starts its answer freely (no opening quote)
@@ -94,7 +96,11 @@ def main() -> None:
     report.append(f"\nbest: {best}; {time.perf_counter() - start:.0f} s\n\nbest_minus_ours_kept={gain:.1f}")
     print("\n".join(report[-1:]))
     if args.write:
-        prompts = "\n".join(f"- `{n}`: {PROMPTS[n]!r}" for n in names if PROMPTS[n])
+        prompts = "\n".join(
+            f"- `{n}`: {PROMPTS[n]!r}" if PROMPTS[n] else f"- `{n}`: the `{PRESETS[n]}` preset"
+            for n in names
+            if PROMPTS[n] or n in PRESETS
+        )
         write_section("extrapolation_prompts", "Error-extrapolation prompts: `benchmarks/extrapolation_prompts.py`",
                       "python " + " ".join(sys.argv), prompts + "\n\n" + "\n".join(report))  # fmt: skip
 
