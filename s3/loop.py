@@ -44,7 +44,7 @@ from s3.classifier import (
 )
 from s3.config import UserError, swept_keys, variant_of
 from s3.console import quiet_libraries
-from s3.data import RealData, Task, label_counts, load_real_data, stratified_sample
+from s3.data import DataError, RealData, Task, label_counts, load_real_data, local_split_path, stratified_sample
 from s3.filters import GoldLabelCheck, build_filter_chain, check_patterns, drop_columns
 from s3.gap import compute_gap
 from s3.llm import LLM, Usage, build_llm, usage_diff, usage_totals
@@ -563,6 +563,17 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
         or (task.is_pair and loop.pair_context == "train")
         or bool(cfg.gap.enabled and cfg.gap.vs_train)
     )
+    if (
+        task.is_pair
+        and not isinstance(loop, GoldLoopConfig)
+        and loop.pair_context == "train"
+        and task.hub is None
+        and local_split_path(task, "train", cfg.paths.data_dir) is None
+    ):
+        raise DataError(
+            f"task {task.name!r} has no train split in {cfg.paths.data_dir}: loop.pair_context=train takes real "
+            "contexts from it; without one, set loop.pair_context=llm (the LLM writes both fields)"
+        )
     real = run_data(cfg, loop, task, need_train)
     if not isinstance(loop, GoldLoopConfig):
         check_patterns(task, real.gold_val)  # a declared format the gold rows break: one line, before the LLM loads

@@ -85,8 +85,9 @@ class SyntheticLoopConfig(LoopConfig):
     answer_spans: str = "candidates"  # extractive QA: where seed answers come from: candidates (the passage's
     # entity, number and content-word phrases) | llm (the LLM copies a phrase; kept only when it is a span) |
     # train (the train split's real answers for the passage, as the paper: annotations, though no questions)
-    pair_context: str = "llm"  # sentence-pair tasks: llm = the LLM writes both fields | train = a real premise /
-    # passage from the train split (its text only), the LLM writes the other field (the paper and ZeroGen)
+    pair_context: str = "train"  # sentence-pair tasks: train = a real premise / passage from the train split (its
+    # text only), the LLM writes the other field (the paper and ZeroGen) | llm = the LLM writes both fields (a task
+    # without a train split)
     # error extrapolation
     rounds: int = 2  # extrapolation rounds after round 0 (the paper published two)
     per_error: int = 3  # new examples written from each misclassified validation example

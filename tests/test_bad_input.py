@@ -34,7 +34,7 @@ COMMAND_LINES = [
     (["loop.budget_split=random"], "loop.budget_split must be one of"),
     (["loop.gold_split=test"], "loop.gold_split must be one of"),
     (["loop=gold", "loop.gold_split=train"], "loop=gold evaluates on the validation split"),
-    (["task=rte", "prompts@task.prompts=paper_rte"], "written for loop.pair_context=train"),
+    (["task=rte", "prompts@task.prompts=paper_rte", "loop.pair_context=llm"], "written for loop.pair_context=train"),
     (["loop=zerogen", "loop.rounds=1"], "loop=zerogen has no error extrapolation"),
     ([f"+llm.api_key={SECRET}"], "looks like a secret on the command line"),
     ([f"+secrets.hf_token={SECRET}"], "looks like a secret on the command line"),
@@ -101,6 +101,19 @@ def test_bad_data_stops_the_run_before_any_llm_call(tmp_path, make_data, overrid
         run_experiment(cfg, run_dir=tmp_path / "run", llm=NoLLM())
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "run" / "rounds").exists() and not (tmp_path / "cache" / "llm").exists()
+
+
+def test_a_pair_task_without_a_train_split_says_how_to_run_it(tmp_path, data_dir) -> None:
+    """Real contexts (the default for pair tasks) come from the train split: a user's pair task without one is
+    told to let the LLM write both fields, before any LLM call."""
+    for split in ("validation", "test"):
+        (tmp_path / "data" / "rte").mkdir(parents=True, exist_ok=True)
+        shutil.copy(data_dir / "rte" / f"{split}.jsonl", tmp_path / "data" / "rte")
+    overrides = ["task=rte", "task.hub=null", "loop=s3", "logger=none", f"paths.data_dir={tmp_path / 'data'}",
+                 f"paths.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    with pytest.raises(UserError, match=r"no train split .*set loop.pair_context=llm") as err:
+        run_experiment(compose_config(overrides), run_dir=tmp_path / "run", llm=NoLLM())
+    assert "\n" not in str(err.value) and not (tmp_path / "run" / "rounds").exists()
 
 
 CLI_CASES = [

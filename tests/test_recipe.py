@@ -347,8 +347,8 @@ class ScriptedPairLLM(LLM):
 
 @pytest.mark.parametrize("task, given, written", [("rte", "text1", "text2"), ("qnli", "text2", "text1")])
 def test_pair_rows_on_real_contexts_keep_them_and_their_errors_contexts(tmp_path, data_dir, task, given, written):
-    """loop.pair_context=train: every synthetic context (RTE premise; QNLI sentence, `context_field`) is a
-    train-split text, as given (the LLM writes only the other field); an extrapolated row keeps its error's
+    """loop.pair_context=train (the default): every synthetic context (RTE premise; QNLI sentence, `context_field`)
+    is a train-split text, as given (the LLM writes only the other field); an extrapolated row keeps its error's
     context; the train split's other field is never shown."""
     cfg = compose_config(
         [
@@ -356,7 +356,6 @@ def test_pair_rows_on_real_contexts_keep_them_and_their_errors_contexts(tmp_path
             f"task={task}",
             "loop=s3",
             "loop.rounds=1",
-            "loop.pair_context=train",
             "loop.label_check=none",
             "loop.gold_check=false",
             "loop.min_source_similarity=0",
@@ -382,7 +381,7 @@ def test_pair_rows_on_real_contexts_keep_them_and_their_errors_contexts(tmp_path
 @pytest.mark.parametrize("task", ["rte", "qnli"])
 def test_the_papers_pair_prompts_run_verbatim_on_real_contexts(tmp_path, data_dir, task) -> None:
     """prompts@task.prompts=paper_<task>: the Table 1 seed and extrapolation prompts, with the paper's label words,
-    filled with real contexts; a run without loop.pair_context=train is refused before any LLM call."""
+    filled with real contexts; a run with loop.pair_context=llm is refused before any LLM call."""
     base = [
         *TINY,
         f"task={task}",
@@ -396,9 +395,9 @@ def test_the_papers_pair_prompts_run_verbatim_on_real_contexts(tmp_path, data_di
         f"paths.cache_dir={tmp_path / 'c'}",
     ]
     with pytest.raises(UserError, match="written for loop.pair_context=train"):
-        run_experiment(compose_config(base), run_dir=tmp_path / "refused", llm=NoLLM())
+        run_experiment(compose_config([*base, "loop.pair_context=llm"]), run_dir=tmp_path / "refused", llm=NoLLM())
     llm = ScriptedPairLLM()
-    run_experiment(compose_config([*base, "loop.pair_context=train"]), run_dir=tmp_path / "run", llm=llm)
+    run_experiment(compose_config(base), run_dir=tmp_path / "run", llm=llm)
     words = {"rte": ("is definitely correct:", "is definitely wrong:"), "qnli": ("has answers in the", "not in the")}
     seeds = [p for p in llm.prompts if p.endswith(("correct:", "wrong:", "information paragraph"))]
     assert seeds and all(any(w in p for w in words[task]) for p in seeds)
