@@ -57,10 +57,33 @@ def test_the_quality_benchmarks_adqa_runs_are_the_tables_cells() -> None:
     from benchmarks.ledger import key
     from benchmarks.quality import method_overrides
 
-    args = argparse.Namespace(**{**vars(ARGS), "gold_rows": "all"})
+    args = argparse.Namespace(**{**vars(ARGS), "gold_rows": "400,adqa:all"})  # the others: gold on 400 rows
     for method in ("gold", "zerogen", "goldgen", "s3"):
         quality = method_overrides(
             "adqa", method, budget=400, seed_size=200, rounds=2, gold_rows="all", max_test=1500,
             extra=["small_model.min_steps=300"],
         )  # fmt: skip
         assert key(quality) == key(cell_overrides("adqa", method, args))
+
+
+def test_gold_rows_per_task() -> None:
+    from benchmarks.paper_table import gold_rows
+
+    assert gold_rows("400,adqa:all", "adqa") == "all" and gold_rows("400,adqa:all", "qnli") == "400"
+    assert (
+        gold_rows("all", "sst2") == "all" and gold_rows("adqa:all", "sst2") is None and gold_rows(None, "rte") is None
+    )
+
+
+@pytest.mark.parametrize("task", ["sst2", "qnli", "rte", "imdb"])
+def test_the_quality_benchmarks_default_runs_are_the_tables_cells(task: str) -> None:
+    """`quality.py --task <task>` at its defaults (test rows <= 1000, gold on --budget rows) makes the cells
+    `paper_table.py` reads, so neither benchmark re-makes the other's runs."""
+    from benchmarks.ledger import key
+    from benchmarks.quality import method_overrides
+
+    for method in ("gold", "zerogen", "goldgen", "s3"):
+        quality = method_overrides(
+            task, method, budget=400, seed_size=200, rounds=2, gold_rows=None, max_test=1000, extra=[]
+        )
+        assert key(quality) == key(cell_overrides(task, method, ARGS))
