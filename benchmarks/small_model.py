@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--write", action="store_true", help="put the table into benchmarks/RESULTS.md")
     ap.add_argument("--no-run", action="store_true", help="only tabulate the finished runs")
+    ap.add_argument("--section", default="small_model", help="the RESULTS.md section --write fills (a probe: its own)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -176,7 +177,7 @@ def main() -> None:
             f"`(chance)`: a run below {100 * CHANCE:.0f}%. s/run includes loading and scoring."
         )
         write_section(
-            "small_model",
+            args.section,
             "Small model on gold data: `benchmarks/small_model.py`",
             " ".join(["python", *sys.argv]),
             f"{notes}\n\n{recipe_text}\n\n{table}",

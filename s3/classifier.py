@@ -10,6 +10,11 @@ The head reads the encoder the way it was pre-trained to be read. A sentence-tra
 starts where the sentence embedding already separates the labels. BERT-style checkpoints (DistilBERT,
 the paper's model) keep their own [CLS] head (``AutoModelForSequenceClassification``).
 
+Sentence pairs are read as one sequence (``text1 [SEP] text2``) or, with ``small_model.pair_encoding=siamese``,
+each text alone with the head on ``[u, v, |u - v|, u * v]`` of the two mean-pooled vectors (Sentence-BERT's
+classification objective): a sentence-embedding checkpoint was trained on single texts, so that is how it
+already tells related pairs from unrelated ones.
+
 A trained classifier saves to a folder in Hugging Face layout (``config.json`` with the label names,
 ``model.safetensors``, the tokenizer) plus ``s3_classifier.json`` (pooling, fields, max length) and, for
 mean pooling, ``head.safetensors``; ``Classifier.load`` reads it back bit for bit.
@@ -57,6 +62,8 @@ log = logging.getLogger(__name__)
 
 POOLINGS = ("auto", "mean", "cls")
 HEAD_INITS = ("random", "probe")
+PAIR_ENCODINGS = ("joint", "siamese")
+SECOND = "_b"  # siamese pairs: the second text's input keys end in this
 META_FILE = "s3_classifier.json"
 HEAD_FILE = "head.safetensors"
 
@@ -77,6 +84,8 @@ class SmallModelConfig:
     dropout: float = 0.1  # before the mean-pooled head (a [CLS] head keeps its model's own dropout)
     head_init: str = "probe"  # probe: start the mean-pooled head from a logistic regression on the frozen
     # encoder's features of the training rows (linear probe, then fine-tune); random
+    pair_encoding: str = "joint"  # sentence pairs with mean pooling: joint = one sequence | siamese = each text
+    # alone, the head on [u, v, |u-v|, u*v] (Sentence-BERT); single-text tasks ignore it
     max_epochs: int = 4
     min_steps: int = 0  # train more epochs than max_epochs when a small set would take fewer optimizer steps
     precision: str = "bf16-mixed"
@@ -89,6 +98,8 @@ class SmallModelConfig:
             raise ValueError(f"small_model.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.head_init not in HEAD_INITS:
             raise ValueError(f"small_model.head_init must be one of {HEAD_INITS}, got {self.head_init!r}")
+        if self.pair_encoding not in PAIR_ENCODINGS:
+            raise ValueError(f"small_model.pair_encoding must be one of {PAIR_ENCODINGS}, got {self.pair_encoding!r}")
 
     def epochs_for(self, n_rows: int) -> int:
         """``max_epochs``, or more when that many epochs over ``n_rows`` rows fall short of ``min_steps``."""
@@ -131,21 +142,31 @@ def checkpoint_pooling(model_path: str) -> str:
 
 
 class MeanPooledClassifier(nn.Module):
-    """Encoder -> mean of the non-padding token vectors -> dropout -> linear layer."""
+    """Encoder -> mean of the non-padding token vectors -> dropout -> linear layer. ``siamese``: the batch holds two
+    texts per row (the second's inputs end in ``_b``) and the layer reads ``[u, v, |u - v|, u * v]``."""
 
-    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float):
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float, siamese: bool = False):
         super().__init__()
         self.encoder = encoder
+        self.siamese = siamese
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.classifier = nn.Linear(encoder.config.hidden_size * (4 if siamese else 1), num_labels)
 
     def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
+    def features(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """What the linear layer reads."""
+        if not self.siamese:
+            return self.pool(**inputs)
+        u = self.pool(**{k: v for k, v in inputs.items() if not k.endswith(SECOND)})
+        v = self.pool(**{k.removesuffix(SECOND): v for k, v in inputs.items() if k.endswith(SECOND)})
+        return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
+
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.pool(**inputs)))
+        return self.classifier(self.dropout(self.features(**inputs)))
 
 
 class ClsHeadClassifier(nn.Module):
@@ -159,12 +180,14 @@ class ClsHeadClassifier(nn.Module):
         return self.model(**inputs).logits
 
 
-def build_model(path: str, labels: Sequence[str], pooling: str, dropout: float = 0.1) -> nn.Module:
+def build_model(
+    path: str, labels: Sequence[str], pooling: str, dropout: float = 0.1, siamese: bool = False
+) -> nn.Module:
     """A classifier from a pretrained checkpoint (or a saved one: ``path`` may be a saved folder)."""
     names = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
     if pooling == "mean":
         encoder = AutoModel.from_pretrained(path, **names)
-        model: nn.Module = MeanPooledClassifier(encoder, len(labels), dropout)
+        model: nn.Module = MeanPooledClassifier(encoder, len(labels), dropout, siamese)
     else:
         model = ClsHeadClassifier(
             AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels), **names)
@@ -174,22 +197,59 @@ def build_model(path: str, labels: Sequence[str], pooling: str, dropout: float =
 
 
 class EncodedDataset(Dataset):
-    """Rows tokenized once, unpadded; the collator pads each batch to its own longest row."""
+    """Rows tokenized once, unpadded; the collator pads each batch to its own longest row. ``siamese``: a pair's
+    two texts are tokenized apart (the second's keys end in ``_b``)."""
 
-    def __init__(self, rows: Sequence[dict[str, Any]], fields: Sequence[str], tokenizer: Any, max_length: int):
+    def __init__(
+        self,
+        rows: Sequence[dict[str, Any]],
+        fields: Sequence[str],
+        tokenizer: Any,
+        max_length: int,
+        siamese: bool = False,
+    ):
+        self.siamese = siamese
         columns = [[str(r[f]) for r in rows] for f in fields]
-        enc = tokenizer(*columns, truncation=True, max_length=max_length)
-        self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
+        if siamese:
+            first, second = (tokenizer(c, truncation=True, max_length=max_length) for c in columns)
+            self.features = [
+                {**{k: first[k][i] for k in first.keys()}, **{k + SECOND: second[k][i] for k in second.keys()}}
+                for i in range(len(rows))
+            ]
+        else:
+            enc = tokenizer(*columns, truncation=True, max_length=max_length)
+            self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(rows))]
         for feat, row in zip(self.features, rows):
             if "label" in row:
                 feat["labels"] = int(row["label"])
-        self.lengths = [len(f["input_ids"]) for f in self.features]
+        self.lengths = [len(f["input_ids"]) + len(f.get("input_ids" + SECOND, ())) for f in self.features]
 
     def __len__(self) -> int:
         return len(self.features)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.features[i]
+
+
+class PairPadding:
+    """Pads a siamese batch's two texts apart, each with ``pad`` (a ``DataCollatorWithPadding``)."""
+
+    def __init__(self, pad: DataCollatorWithPadding):
+        self.pad = pad
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        first = self.pad([{k: v for k, v in f.items() if not k.endswith(SECOND)} for f in features])
+        second = self.pad([{k.removesuffix(SECOND): v for k, v in f.items() if k.endswith(SECOND)} for f in features])
+        return {**first, **{k + SECOND: v for k, v in second.items()}}
+
+
+def collator(dataset: EncodedDataset, tokenizer: Any, max_length: int | None = None) -> Any:
+    """Dynamic padding (to ``max_length`` when given: the official script's fixed padding), per text of a pair."""
+    if max_length is None:
+        pad = DataCollatorWithPadding(tokenizer)
+    else:
+        pad = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=max_length)
+    return PairPadding(pad) if dataset.siamese else pad
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -225,7 +285,7 @@ def eval_loader(dataset: EncodedDataset, tokenizer: Any, batch_size: int) -> Dat
     """Sorted by length (less padding); predictions are put back in row order by the caller."""
     order = sorted(range(len(dataset)), key=dataset.lengths.__getitem__)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=DataCollatorWithPadding(tokenizer))
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collator(dataset, tokenizer))
 
 
 @dataclass
@@ -238,13 +298,14 @@ class Classifier:
     fields: list[str]
     pooling: str
     max_length: int
+    pair_encoding: str = "joint"
     eval_batch_size: int = 128
     precision: str = "bf16-mixed"
     meta: dict[str, Any] = field(default_factory=dict)  # where it came from: task, base model, run
 
     def predict_proba(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
         """Class probabilities, one row per input row, in input order."""
-        dataset = EncodedDataset(rows, self.fields, self.tokenizer, self.max_length)
+        dataset = EncodedDataset(rows, self.fields, self.tokenizer, self.max_length, self.siamese)
         loader = eval_loader(dataset, self.tokenizer, self.eval_batch_size)
         model = self.model.eval()
         device = next(model.parameters()).device
@@ -255,6 +316,10 @@ class Classifier:
                 batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
                 out[idx] = torch.softmax(model(**batch).float(), -1).cpu().numpy()
         return out
+
+    @property
+    def siamese(self) -> bool:
+        return self.pair_encoding == "siamese"
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the folder next to ``out_dir`` and rename it into place: it is all there or absent."""
@@ -274,6 +339,7 @@ class Classifier:
                 "labels": self.labels,
                 "fields": self.fields,
                 "max_length": self.max_length,
+                "pair_encoding": self.pair_encoding,
                 "eval_batch_size": self.eval_batch_size,
                 "precision": self.precision,
                 **self.meta,
@@ -284,11 +350,11 @@ class Classifier:
     @classmethod
     def load(cls, path: str | Path) -> Classifier:
         path = Path(path)
-        meta = json.loads((path / META_FILE).read_text())
-        model = build_model(str(path), meta["labels"], meta["pooling"])
+        meta = {"pair_encoding": "joint", **json.loads((path / META_FILE).read_text())}  # saved before pairs had one
+        model = build_model(str(path), meta["labels"], meta["pooling"], siamese=meta["pair_encoding"] == "siamese")
         if isinstance(model, MeanPooledClassifier):
             model.classifier.load_state_dict(load_file(path / HEAD_FILE))
-        known = ("pooling", "labels", "fields", "max_length", "eval_batch_size", "precision")
+        known = ("pooling", "labels", "fields", "max_length", "pair_encoding", "eval_batch_size", "precision")
         return cls(
             model=model.eval(),
             tokenizer=AutoTokenizer.from_pretrained(path),
@@ -314,10 +380,10 @@ class TrainedClassifier(Classifier):
 class ClassifierModule(pl.LightningModule):
     """AdamW + linear warm-up/decay; tracks gold-validation accuracy and keeps the best epoch's weights."""
 
-    def __init__(self, cfg: SmallModelConfig, labels: Sequence[str], pooling: str):
+    def __init__(self, cfg: SmallModelConfig, labels: Sequence[str], pooling: str, siamese: bool = False):
         super().__init__()
         self.cfg = cfg
-        self.model = build_model(resolve_model(cfg.model), labels, pooling, cfg.dropout)
+        self.model = build_model(resolve_model(cfg.model), labels, pooling, cfg.dropout, siamese)
         self.num_labels = len(labels)
         self.best_val_acc = -1.0
         self.best_epoch = -1
@@ -419,7 +485,7 @@ def scores(probs: np.ndarray, rows: Sequence[dict[str, Any]]) -> dict[str, float
 
 
 def init_head_from_probe(model: MeanPooledClassifier, dataset: EncodedDataset, tokenizer: Any, seed: int) -> None:
-    """Fit a logistic regression on the frozen encoder's mean-pooled features and start the head from it, so
+    """Fit a logistic regression on the frozen encoder's features (what the head reads) and start the head from it, so
     fine-tuning begins where the sentence embedding already separates the labels (LP-FT, Kumar et al. 2022)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -431,7 +497,7 @@ def init_head_from_probe(model: MeanPooledClassifier, dataset: EncodedDataset, t
     with torch.inference_mode():
         for idx, batch in zip(loader.batch_sampler, loader):
             feats[idx] = (
-                model.pool(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).float().cpu().numpy()
+                model.features(**{k: v.to(device) for k, v in batch.items() if k != "labels"}).float().cpu().numpy()
             )
     model.train()
     k = model.classifier.out_features
@@ -484,17 +550,16 @@ def train_classifier(
         raise ValueError("train_classifier: no training rows (did synthesis produce any usable examples?)")
     pl.seed_everything(seed, workers=True, verbose=False)
     pooling = resolve_pooling(cfg)
+    siamese = cfg.pair_encoding == "siamese" and len(task.fields) == 2
+    if siamese and pooling != "mean":
+        raise UserError(f"small_model.pair_encoding=siamese needs mean pooling; {cfg.model!r} has {pooling}")
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model))
-    module = ClassifierModule(cfg, task.labels, pooling)
-    train_set = EncodedDataset(train_rows, task.fields, tokenizer, cfg.max_length)
-    val_set = EncodedDataset(val_rows, task.fields, tokenizer, cfg.max_length)
-    if cfg.pad_to_max_length:
-        collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=cfg.max_length)
-    else:
-        collate = DataCollatorWithPadding(tokenizer)
+    module = ClassifierModule(cfg, task.labels, pooling, siamese)
+    train_set = EncodedDataset(train_rows, task.fields, tokenizer, cfg.max_length, siamese)
+    val_set = EncodedDataset(val_rows, task.fields, tokenizer, cfg.max_length, siamese)
     train_loader = DataLoader(
         train_set,
-        collate_fn=collate,
+        collate_fn=collator(train_set, tokenizer, cfg.max_length if cfg.pad_to_max_length else None),
         batch_sampler=BucketBatchSampler(
             train_set.lengths, cfg.batch_size, 1 if cfg.pad_to_max_length else cfg.bucket_size, seed
         ),
@@ -508,9 +573,10 @@ def train_classifier(
     seconds = time.perf_counter() - start
     module.restore_best()
     log.info(
-        "trained %s (%s pooling) on %d rows for %d epochs: best epoch %d, val acc per epoch %s (%.1fs)",
+        "trained %s (%s pooling%s) on %d rows for %d epochs: best epoch %d, val acc per epoch %s (%.1fs)",
         cfg.name,
         pooling,
+        ", siamese pairs" if siamese else "",
         len(train_rows),
         epochs,
         module.best_epoch,
@@ -524,6 +590,7 @@ def train_classifier(
         fields=list(task.fields),
         pooling=pooling,
         max_length=cfg.max_length,
+        pair_encoding="siamese" if siamese else "joint",
         eval_batch_size=cfg.eval_batch_size,
         precision=cfg.precision,
         meta={"task": task.name, "base_model": cfg.model, "small_model": cfg.name},

@@ -25,6 +25,7 @@ COMMAND_LINES = [
     (["task.labels=[a"], "no viable alternative at input '[a'"),
     (["small_model.lr=fast"], "small_model.lr=fast"),
     (["small_model.pooling=max"], "small_model.pooling must be one of"),
+    (["small_model.pair_encoding=both"], "small_model.pair_encoding must be one of"),
     (["loop.rounds=-1"], "loop.rounds must be >= 0"),
     (["loop.num_gold_val=0"], "loop.num_gold_val must be >= 1"),
     (["loop.max_test=-5"], "loop.max_test must be >= 1"),

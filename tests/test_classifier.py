@@ -147,3 +147,35 @@ def test_epoch_bars_only_on_a_terminal(monkeypatch) -> None:
         lightning_trainer(SmallModelConfig("minilm", "embedded:minilm"), 1, progress=False).progress_bar_callback
         is None
     )
+
+
+def test_siamese_pairs_read_each_text_alone_and_reload_bit_for_bit(tmp_path):
+    """small_model.pair_encoding=siamese: the head reads [u, v, |u-v|, u*v], where u and v are what the sentence
+    embedder gives for each text alone; it trains, saves and reloads bit for bit."""
+    from transformers import AutoTokenizer
+
+    from s3.classifier import EncodedDataset, build_model, eval_loader
+    from s3.embed import SentenceEmbedder
+
+    cfg = compose_config(["task=qnli", "small_model.pair_encoding=siamese", "small_model.max_epochs=1"])
+    task, small = instantiate(cfg.task), small_model_config(cfg.small_model)
+    val = load_split(task, "validation", default_data_dir())[:24]
+    path = resolve_model("embedded:minilm")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = build_model(path, task.labels, "mean", siamese=True).eval()
+    loader = eval_loader(EncodedDataset(val[:6], task.fields, tokenizer, 256, siamese=True), tokenizer, 6)
+    batch, order = next(iter(loader)), next(iter(loader.batch_sampler))
+    with torch.inference_mode():
+        feats = model.features(**{k: v for k, v in batch.items() if k != "labels"})
+    u, v = feats[:, :384], feats[:, 384:768]
+    assert torch.equal(feats[:, 768:], torch.cat([(u - v).abs(), u * v], -1))
+    embedder = SentenceEmbedder()
+    for part, field in ((u, "text1"), (v, "text2")):
+        expected = embedder.embed([val[i][field] for i in order])
+        assert abs(torch.nn.functional.normalize(part, dim=-1).numpy() - expected).max() < 1e-4
+
+    clf = train_classifier(load_split(task, "train", default_data_dir())[:32], val, task, small, seed=0, progress=False)
+    assert clf.pair_encoding == "siamese" and clf.model.classifier.in_features == 4 * 384
+    clf.save(tmp_path / "model")
+    back = Classifier.load(tmp_path / "model")
+    assert back.pair_encoding == "siamese" and (back.predict_proba(val) == clf.predict_proba(val)).all()
