@@ -10,10 +10,10 @@ The head reads the encoder the way it was pre-trained to be read. A sentence-tra
 starts where the sentence embedding already separates the labels. BERT-style checkpoints (DistilBERT,
 the paper's model) keep their own [CLS] head (``AutoModelForSequenceClassification``).
 
-Sentence pairs are read as one sequence (``text1 [SEP] text2``) or, with ``small_model.pair_encoding=siamese``,
-each text alone with the head on ``[u, v, |u - v|, u * v]`` of the two mean-pooled vectors (Sentence-BERT's
+Sentence pairs with a mean-pooled head are read, by default (``small_model.pair_encoding=siamese``), each text
+alone with the head on ``[u, v, |u - v|, u * v]`` of the two mean-pooled vectors (Sentence-BERT's
 classification objective): a sentence-embedding checkpoint was trained on single texts, so that is how it
-already tells related pairs from unrelated ones.
+already tells related pairs from unrelated ones (``joint``: one sequence, ``text1 [SEP] text2``).
 
 A trained classifier saves to a folder in Hugging Face layout (``config.json`` with the label names,
 ``model.safetensors``, the tokenizer) plus ``s3_classifier.json`` (pooling, fields, max length) and, for
@@ -84,8 +84,8 @@ class SmallModelConfig:
     dropout: float = 0.1  # before the mean-pooled head (a [CLS] head keeps its model's own dropout)
     head_init: str = "probe"  # probe: start the mean-pooled head from a logistic regression on the frozen
     # encoder's features of the training rows (linear probe, then fine-tune); random
-    pair_encoding: str = "joint"  # sentence pairs with mean pooling: joint = one sequence | siamese = each text
-    # alone, the head on [u, v, |u-v|, u*v] (Sentence-BERT); single-text tasks ignore it
+    pair_encoding: str = "siamese"  # sentence pairs with mean pooling: siamese = each text alone, the head on
+    # [u, v, |u-v|, u*v] (Sentence-BERT) | joint = one sequence; single-text tasks ignore it
     max_epochs: int = 4
     min_steps: int = 0  # train more epochs than max_epochs when a small set would take fewer optimizer steps
     precision: str = "bf16-mixed"

@@ -157,7 +157,7 @@ def test_siamese_pairs_read_each_text_alone_and_reload_bit_for_bit(tmp_path):
     from s3.classifier import EncodedDataset, build_model, eval_loader
     from s3.embed import SentenceEmbedder
 
-    cfg = compose_config(["task=qnli", "small_model.pair_encoding=siamese", "small_model.max_epochs=1"])
+    cfg = compose_config(["task=qnli", "small_model.max_epochs=1"])  # siamese: the default for pairs
     task, small = instantiate(cfg.task), small_model_config(cfg.small_model)
     val = load_split(task, "validation", default_data_dir())[:24]
     path = resolve_model("embedded:minilm")
