@@ -55,6 +55,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="sst2")
     ap.add_argument("--sources", type=int, default=80)
     ap.add_argument("--prompts", default=",".join(PROMPTS))
+    ap.add_argument("--temperatures", default=None, help="sampling temperatures to try, e.g. 0.9,0.7 (default: the loop's)")
     ap.add_argument("--llm", default="smollm2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--write", action="store_true")
@@ -72,13 +73,17 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     shares: dict[tuple[str, str], float] = {}
+    temperatures = args.temperatures.split(",") if args.temperatures else [None]
+    variants = {(f"{n} @ T={t}" if t else n): (n, t) for n in names for t in temperatures}
     for task_name in args.tasks.split(","):
-        for name in names:
-            preset = [f"+experiment={PRESETS[name]}"] if name in PRESETS else []
+        for name, (prompt, temperature) in variants.items():
+            preset = [f"+experiment={PRESETS[prompt]}"] if prompt in PRESETS else []
             cfg = compose_config([f"task={task_name}", f"llm={args.llm}", "loop=s3", f"seed={args.seed}", *preset])
-            if PROMPTS[name] is not None:
-                cfg.task.prompts.extrapolate = PROMPTS[name]
-            if name.endswith("without opening quote"):  # the LLM starts its answer freely (no opening quote)
+            if temperature is not None:
+                cfg.loop.sampling.temperature = float(temperature)
+            if PROMPTS[prompt] is not None:
+                cfg.task.prompts.extrapolate = PROMPTS[prompt]
+            if prompt.endswith("without opening quote"):  # the LLM starts its answer freely (no opening quote)
                 cfg.task.prompts.answer_start = cfg.task.prompts.answer_stop = ""
             task, loop = instantiate(cfg.task), loop_config(cfg.loop)
             real = run_data(cfg, loop, task, need_train=loop.pair_context == "train")
@@ -91,8 +96,9 @@ def main() -> None:
             print(row, flush=True)
     llm.close()
     tasks = args.tasks.split(",")
-    best = max(names, key=lambda n: statistics.mean(shares[(t, n)] for t in tasks))
-    gain = statistics.mean(100 * (shares[(t, best)] - shares[(t, names[0])]) for t in tasks)
+    best = max(variants, key=lambda n: statistics.mean(shares[(t, n)] for t in tasks))
+    first = next(iter(variants))
+    gain = statistics.mean(100 * (shares[(t, best)] - shares[(t, first)]) for t in tasks)
     report.append(f"\nbest: {best}; {time.perf_counter() - start:.0f} s\n\nbest_minus_ours_kept={gain:.1f}")
     print("\n".join(report[-1:]))
     if args.write:

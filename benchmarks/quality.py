@@ -179,6 +179,7 @@ def main() -> None:
         f"comma list of {', '.join(ABLATIONS)}",
     )
     ap.add_argument("--paper-rows", type=int, default=1500, help="rows sampled from paper data and from gold")
+    ap.add_argument("--section", default=None, help="the RESULTS.md section to write (default: quality_<task>)")
     ap.add_argument("--write", action="store_true", help="put the report into benchmarks/RESULTS.md")
     ap.add_argument("--ledger", default=None, help=LEDGER_HELP)
     args = ap.parse_args()
@@ -289,7 +290,7 @@ def main() -> None:
         say(f"\ns3_minus_zerogen={gap:.2f}")
     if args.write:
         write_section(
-            f"quality_{args.task}",
+            args.section or f"quality_{args.task}",
             f"S3 vs baselines on {args.task}: `benchmarks/quality.py`",
             "python " + " ".join(sys.argv),
             "\n".join(report),

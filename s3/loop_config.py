@@ -30,6 +30,8 @@ class SamplingConfig:
     """How each example is sampled from the LLM."""
 
     temperature: float = 0.9
+    extrapolation_temperature: float | None = None  # error extrapolation's answers; None = temperature (cooler
+    # answers drift off their source less but copy it more: benchmarks/extrapolation_prompts.py --temperatures)
     top_p: float = 0.95
     max_tokens: int = 160  # one example's length (the loop presets take task.max_tokens)
 

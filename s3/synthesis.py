@@ -311,7 +311,9 @@ class Synthesizer:
         for i, job in enumerate(jobs):
             sampling = Sampling(
                 n=samples,
-                temperature=self.sampling.temperature,
+                temperature=self.sampling.temperature
+                if call_site != "extrapolate" or self.sampling.extrapolation_temperature is None
+                else self.sampling.extrapolation_temperature,
                 top_p=self.sampling.top_p,
                 max_tokens=self.sampling.max_tokens,
                 seed=derive_seed(self.seed, round_, call_site, attempt, i),

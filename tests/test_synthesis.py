@@ -105,6 +105,16 @@ def test_extrapolation_refills_what_cleaning_dropped_up_to_the_limit() -> None:
     assert all(r["label"] == by_id[r["source"]] for r in batch.rows)  # each row keeps its error's gold label
 
 
+def test_extrapolation_samples_at_its_own_temperature_and_the_seed_set_at_the_loops() -> None:
+    llm = ScriptedLLM()
+    synth = synthesizer(llm, sampling=SamplingConfig(temperature=0.9, extrapolation_temperature=0.7, max_tokens=16))
+    synth.seed_set(4, kind="zerogen", round_=0)
+    seeds = len(llm.seen)
+    synth.extrapolate(ERRORS, round_=1, limit=4)
+    assert seeds and {u.sampling.temperature for u in llm.seen[:seeds]} == {0.9}
+    assert len(llm.seen) > seeds and {u.sampling.temperature for u in llm.seen[seeds:]} == {0.7}
+
+
 class ShortContextLLM(ScriptedLLM):
     """A backend whose context only fits short prompts (as backends report it: ``skip_too_long``)."""
 
