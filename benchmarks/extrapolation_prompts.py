@@ -55,7 +55,9 @@ def main() -> None:
     ap.add_argument("--tasks", default="sst2")
     ap.add_argument("--sources", type=int, default=80)
     ap.add_argument("--prompts", default=",".join(PROMPTS))
-    ap.add_argument("--temperatures", default=None, help="sampling temperatures to try, e.g. 0.9,0.7 (default: the loop's)")
+    ap.add_argument(
+        "--temperatures", default=None, help="sampling temperatures to try, e.g. 0.9,0.7 (default: the loop's)"
+    )
     ap.add_argument("--llm", default="smollm2")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--write", action="store_true")

@@ -466,8 +466,8 @@ class GoldLabelCheck(FlagFilter):
 
     S3 has these rows anyway. The check drops rows it puts in another label than the one they were written
     for, and it is used only where it can learn the task: its cross-validated accuracy on the gold rows must
-    reach ``min_accuracy`` (mean-pooled embeddings of a sentence pair say little about entailment, so on RTE
-    it stays off). With ``skip_misjudged``, it does not judge rows extrapolated from a gold row that it gets wrong
+    reach ``min_accuracy`` (on RTE it stays off). A sentence pair is read as its two texts' embeddings compared
+    (:meth:`features`). With ``skip_misjudged``, it does not judge rows extrapolated from a gold row that it gets wrong
     itself (out of fold): the small model's errors are often the check's errors too, where a correct row like its
     source could be dropped. Judging them anyway does better on SST-2, so that is the default.
     """
@@ -492,7 +492,7 @@ class GoldLabelCheck(FlagFilter):
             log.warning("gold label check off: fewer than two labels have 2 or more gold rows")
             return
         rows = [r for r in gold_rows if r["label"] in self.labels]
-        x = embedder.embed([task.text_of(r) for r in rows])
+        x = self.features(rows)
         y = [r["label"] for r in rows]
         k = min(folds, min(counts[label] for label in self.labels))
         cv = StratifiedKFold(k, shuffle=True, random_state=seed)
@@ -530,10 +530,19 @@ class GoldLabelCheck(FlagFilter):
         out = [True] * len(rows)
         if self.model is None or not judged:
             return out
-        predicted = self.model.predict(self.embedder.embed([self.task.text_of(rows[i]) for i in judged]))
+        predicted = self.model.predict(self.features([rows[i] for i in judged]))
         for i, p in zip(judged, predicted):
             out[i] = int(p) == rows[i]["label"]
         return out
+
+    def features(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
+        """A row's sentence embedding; a sentence pair's: |u - v| and u * v of its two texts' embeddings (how the
+        two relate; the joined pair's embedding, or u and v themselves, say more about their topic than that)."""
+        if not self.task.is_pair:
+            return self.embedder.embed([self.task.text_of(r) for r in rows])
+        first, second = self.task.fields
+        u, v = self.embedder.embed([r[first] for r in rows]), self.embedder.embed([r[second] for r in rows])
+        return np.hstack([np.abs(u - v), u * v])
 
     def keep(self, rows: Sequence[dict]) -> list[bool]:
         return self.agree(rows)
