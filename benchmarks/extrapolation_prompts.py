@@ -10,7 +10,8 @@ Random rows are easier than a round's errors (rows the small model gets wrong, w
 misjudges too), so a prompt that keeps more here must still be checked in the loop: ``benchmarks/quality.py
 --ablations`` with its preset (e.g. ``similar_extrapolation``); each run's round metrics hold answers and drops.
 
-    .venv/bin/python benchmarks/extrapolation_prompts.py [--tasks sst2] [--sources 80] [--llm smollm2] [--write]
+    .venv/bin/python benchmarks/extrapolation_prompts.py [--tasks sst2] [--sources 80] [--temperatures 0.9,0.7]
+        [--llm smollm2] [--write]
 
 Last line: best_minus_ours_kept=<kept share of the best prompt minus ours, in points, averaged over the tasks>.
 """
@@ -82,7 +83,7 @@ def main() -> None:
             preset = [f"+experiment={PRESETS[prompt]}"] if prompt in PRESETS else []
             cfg = compose_config([f"task={task_name}", f"llm={args.llm}", "loop=s3", f"seed={args.seed}", *preset])
             if temperature is not None:
-                cfg.loop.sampling.temperature = float(temperature)
+                cfg.loop.sampling.extrapolation_temperature = float(temperature)
             if PROMPTS[prompt] is not None:
                 cfg.task.prompts.extrapolate = PROMPTS[prompt]
             if prompt.endswith("without opening quote"):  # the LLM starts its answer freely (no opening quote)

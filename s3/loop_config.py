@@ -140,6 +140,7 @@ class SyntheticLoopConfig(LoopConfig):
         ):
             at_least(self, key, 1)
         at_least(self, "rounds", 0)
+        at_least(self.sampling, "extrapolation_temperature", 0.0)
         if self.name in ONE_SHOT and self.rounds > 0:  # it would be reported under a name that says no feedback
             raise ValueError(
                 f"loop={self.name} has no error extrapolation, so loop.rounds must be 0, got {self.rounds}; for "
