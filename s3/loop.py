@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -489,9 +488,7 @@ def load_llm(cfg: DictConfig) -> LLM:
         if not isinstance(cause, (OSError, ImportError, ValueError)):
             raise
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
-        missing = (
-            cause.name if isinstance(cause, ImportError) else next(iter(re.findall(r"package '(\w+)'", reason)), None)
-        )
+        missing = cause.name if isinstance(cause, ImportError) else None
         if missing in SETUP_THAT_INSTALLS:  # `make run` sets up only the default job's LLM
             fix = f"`{SETUP_THAT_INSTALLS[missing]}` installs it" + (
                 " (on a GPU: pip install vllm)" if missing == "vllm" else ""

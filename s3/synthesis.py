@@ -308,12 +308,13 @@ class Synthesizer:
     def run_jobs(self, jobs: Sequence[Job], samples: int, round_: int, call_site: str, attempt: int | str) -> Batch:
         out = Batch()
         requests, sent = [], []
+        temperature = self.sampling.temperature
+        if call_site == "extrapolate" and self.sampling.extrapolation_temperature is not None:
+            temperature = self.sampling.extrapolation_temperature
         for i, job in enumerate(jobs):
             sampling = Sampling(
                 n=samples,
-                temperature=self.sampling.temperature
-                if call_site != "extrapolate" or self.sampling.extrapolation_temperature is None
-                else self.sampling.extrapolation_temperature,
+                temperature=temperature,
                 top_p=self.sampling.top_p,
                 max_tokens=self.sampling.max_tokens,
                 seed=derive_seed(self.seed, round_, call_site, attempt, i),

