@@ -140,7 +140,7 @@ class SyntheticLoopConfig(LoopConfig):
         ):
             at_least(self, key, 1)
         at_least(self, "rounds", 0)
-        at_least(self.sampling, "extrapolation_temperature", 0.0)
+        at_least(self.sampling, "extrapolation_temperature", 0.0, where="loop.sampling")
         if self.name in ONE_SHOT and self.rounds > 0:  # it would be reported under a name that says no feedback
             raise ValueError(
                 f"loop={self.name} has no error extrapolation, so loop.rounds must be 0, got {self.rounds}; for "
@@ -152,10 +152,10 @@ class SyntheticLoopConfig(LoopConfig):
         within(self, "kind_check_quantile", 0.0, 0.5)
 
 
-def at_least(cfg: Any, key: str, low: float) -> None:
+def at_least(cfg: Any, key: str, low: float, where: str = "loop") -> None:
     value = getattr(cfg, key)
     if value is not None and value < low:
-        raise ValueError(f"loop.{key} must be >= {low}, got {value}")
+        raise ValueError(f"{where}.{key} must be >= {low}, got {value}")
 
 
 def within(cfg: Any, key: str, low: float, high: float) -> None:

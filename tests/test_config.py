@@ -65,6 +65,7 @@ def test_loop_presets_hold_no_defaults_of_their_own():
         ("loop.answer_spans=random", "loop.answer_spans must be one of"),
         ("loop.selection_fraction=1.5", "loop.selection_fraction must be between"),
         ("loop.min_source_similarity=2", "loop.min_source_similarity must be between"),
+        ("loop.sampling.extrapolation_temperature=-1", "loop.sampling.extrapolation_temperature must be >= 0"),
         ("loop=zerogen loop.rounds=1", "loop=zerogen has no error extrapolation"),
         ("loop=goldgen loop.rounds=2", "loop=goldgen has no error extrapolation"),
         ("loop=s3_no_extrapolation loop.rounds=1", "loop=s3_no_extrapolation has no error extrapolation"),
