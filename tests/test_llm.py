@@ -152,6 +152,25 @@ def test_cache_reuses_per_sample_and_rerun_makes_no_backend_calls(tmp_path: Path
     assert cache_key("m", review("x", seed=1), 0) != cache_key("m", review("x", seed=2), 0)
 
 
+class DiesAfterOneBatchLLM(FakeLLM):
+    """Generates in batches of 2 and is killed (a session's end, an OOM) while its second batch runs."""
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        for i, c in enumerate(super()._generate_units(units[:2])):
+            self._hand_over(i, c)
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_call_keeps_the_answers_its_backend_had_finished(tmp_path: Path) -> None:
+    requests = [review("positive", seed=s) for s in range(5)]
+    with pytest.raises(KeyboardInterrupt):
+        CachedLLM(DiesAfterOneBatchLLM(), tmp_path).generate(requests)
+    fake = FakeLLM()
+    again = CachedLLM(fake, tmp_path).generate(requests)
+    assert [u.sampling.seed for u in fake.seen] == [2, 3, 4]  # only what the killed call had not finished
+    assert [c[0].text.endswith(f"|{s}") for s, c in enumerate(again)] == [True] * 5
+
+
 class TooLongLLM(FakeLLM):
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         self.seen.extend(units)
@@ -341,6 +360,22 @@ def smollm2() -> Iterator[LLM]:
     llm = TransformersLLM(model="embedded:smollm2", cache_dir=str(SHARED), dtype="float32", batch_size=16)
     yield llm
     llm.close()
+
+
+@pytest.mark.slow
+def test_an_interrupted_embedded_call_keeps_its_finished_batches(smollm2: LLM, tmp_path: Path, monkeypatch) -> None:
+    real = smollm2._generate_batch  # type: ignore[attr-defined]
+    batches = iter(range(100))
+
+    def dies_in_second_batch(*args, **kwargs):
+        if next(batches) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(smollm2, "_generate_batch", dies_in_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        CachedLLM(smollm2, tmp_path).generate([review("positive", seed=s, max_tokens=4) for s in range(20)])
+    assert len(CachedLLM(smollm2, tmp_path).store) == 16  # the first batch (batch_size=16), stored as it ended
 
 
 @pytest.mark.slow
@@ -593,6 +628,30 @@ class TestOpenAIServer:
         assert usage_diff(llm.usage(), before)["seed"].backend_calls == 0
         for text in (repr(llm), OmegaConf.to_yaml(client_cfg), caplog.text):  # type: ignore[arg-type]
             assert FAKE_KEY not in text
+
+
+def test_a_failed_call_to_a_server_keeps_the_answers_that_came_back(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from s3.llm.openai_backend import OpenAIBackend
+
+    backend = OpenAIBackend(model="m", base_url="http://127.0.0.1:9/v1", max_retries=0, max_concurrency=1)
+
+    def create(**kwargs):
+        if kwargs["seed"] == 3:
+            raise RuntimeError("the server went away")  # not retryable: the call fails
+        message = SimpleNamespace(content=f"review {kwargs['seed']}")
+        return SimpleNamespace(choices=[SimpleNamespace(message=message, finish_reason="stop")], usage=None)
+
+    backend._client.chat.completions.create = create
+    with pytest.raises(RuntimeError):
+        CachedLLM(backend, tmp_path).generate([review("positive", seed=s) for s in range(5)])
+    time.sleep(0.2)  # requests running when the call failed may still come back
+    fake = FakeLLM()
+    fake.name = backend.name  # the cache keys answers by the LLM's name
+    CachedLLM(fake, tmp_path).generate([review("positive", seed=s) for s in range(5)])
+    asked_again = [u.sampling.seed for u in fake.seen]
+    assert 3 in asked_again and not {0, 1, 2} & set(asked_again)  # those came back before seed 3 failed: kept
 
 
 def test_a_failed_batch_stops_its_other_requests_retrying(caplog: pytest.LogCaptureFixture) -> None:

@@ -15,7 +15,7 @@ import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 
 from s3 import progress
@@ -224,20 +224,40 @@ class LLM(ABC):
     # chat APIs such as OpenAI's answer it as a new turn instead
     continues_answers: bool = False
 
+    _on_answer: Callable[[int, Completion], None] | None = None  # the running call's, while it runs
+
     def __init__(self) -> None:
         self._usage: dict[str, Usage] = {}
 
     def generate(
-        self, requests: Sequence[ChatRequest], call_site: str = "default", count: bool = True
+        self,
+        requests: Sequence[ChatRequest],
+        call_site: str = "default",
+        count: bool = True,
+        on_answer: Callable[[int, Completion], None] | None = None,
     ) -> list[list[Completion]]:
         """One list of `n` completions per request, in request order. Progress goes to the current LLM phase
-        (``s3.progress``; ``count=False``: a wrapper such as the cache has already counted these answers)."""
+        (``s3.progress``; ``count=False``: a wrapper such as the cache has already counted these answers).
+
+        ``on_answer(i, completion)`` gets sample ``i`` (counted over the requests' samples in order) as soon as
+        the backend has it: after each batch or request where the backend hands them over (see ``_hand_over``),
+        else at the end. The cache stores answers this way, so an interrupted long call keeps what it finished.
+        """
         start = time.perf_counter()
         units = [r.unit(i) for r in requests for i in range(r.sampling.n)]
         if count:
             progress.asked(len(units))
         before = progress.answered_so_far()
-        flat = self._generate_units(units) if units else []
+        handed: set[int] = set()
+        if on_answer is not None:
+            self._on_answer = lambda i, c: (handed.add(i), on_answer(i, c))  # type: ignore[func-returns-value]
+        try:
+            flat = self._generate_units(units) if units else []
+        finally:
+            self._on_answer = None
+        for i, c in enumerate(flat):
+            if on_answer is not None and i not in handed:
+                on_answer(i, c)
         unreported = len(units) - (progress.answered_so_far() - before)  # backends may report per batch
         if unreported > 0:
             tokens = sum(c.completion_tokens for c in flat) if unreported == len(units) else 0
@@ -261,6 +281,11 @@ class LLM(ABC):
     @abstractmethod
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         """Generate exactly one completion per unit (`unit.sampling.n == 1`, seed already per sample)."""
+
+    def _hand_over(self, unit: int, completion: Completion) -> None:
+        """A backend that has one of its units' answers before the whole call is done hands it to the caller."""
+        if (hand := self._on_answer) is not None:
+            hand(unit, completion)
 
     def usage(self) -> dict[str, Usage]:
         """Cumulative usage per call site (a copy: safe to keep as a snapshot)."""

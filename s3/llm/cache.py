@@ -109,12 +109,16 @@ class CachedLLM(LLM):
         progress.answered(sum(r.sampling.n for r in requests) - sum(len(slots) for slots in missing.values()))  # hits
         fresh: list[Completion] = []
         if missing:
+            keys = list(missing)
             units = [requests[ri].unit(si) for ri, si in (slots[0] for slots in missing.values())]
-            fresh = [c[0] for c in self.backend.generate(units, call_site, count=False)]
-            progress.answered(sum(len(slots) - 1 for slots in missing.values()))  # duplicates within the call
-            for (key, slots), c in zip(missing.items(), fresh):
+
+            def store(i: int, c: Completion) -> None:  # as each answer arrives: an interrupted call keeps them
                 if c.finish_reason != PROMPT_TOO_LONG:  # not an answer: a larger context may give one later
-                    self.store.put(key, c)
+                    self.store.put(keys[i], c)
+
+            fresh = [c[0] for c in self.backend.generate(units, call_site, count=False, on_answer=store)]
+            progress.answered(sum(len(slots) - 1 for slots in missing.values()))  # duplicates within the call
+            for slots, c in zip(missing.values(), fresh):
                 for ri, si in slots:
                     out[ri][si] = c
         called = len({ri for slots in missing.values() for ri, _ in slots})

@@ -14,7 +14,8 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from functools import partial
 
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -159,6 +160,10 @@ class OpenAIBackend(LLM):
         report(1, done.completion_tokens)  # before the future completes: the caller's count then already has it
         return done
 
+    def _hand_over_done(self, unit: int, future: Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self._hand_over(unit, future.result())
+
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         deadline = time.monotonic() + self.total_timeout_s
         stop = threading.Event()  # set when the batch is over: requests still retrying give up quietly
@@ -167,6 +172,8 @@ class OpenAIBackend(LLM):
         try:
             report = progress.reporter()  # requests finish in worker threads, which report before they return
             futures = [pool.submit(self._call, u, deadline, stop, warned, report) for u in units]
+            for i, f in enumerate(futures):  # each answer to the caller as it arrives (the cache keeps it)
+                f.add_done_callback(partial(self._hand_over_done, i))
             done, pending = wait(futures, timeout=self.total_timeout_s, return_when=FIRST_EXCEPTION)
             for f in done:
                 if (e := f.exception()) is not None:

@@ -127,6 +127,7 @@ class TransformersLLM(LLM):
                 batch = self._generate_batch([units[i] for i in chunk], [prompts[i] for i in chunk], stop)
                 for i, c in zip(chunk, batch):
                     out[i] = c
+                    self._hand_over(i, c)
                 progress.answered(len(batch), sum(c.completion_tokens for c in batch))
         if constrained:
             for i, c in zip(
