@@ -249,15 +249,20 @@ class LLM(ABC):
             progress.asked(len(units))
         before = progress.answered_so_far()
         handed: set[int] = set()
-        if on_answer is not None:
-            self._on_answer = lambda i, c: (handed.add(i), on_answer(i, c))  # type: ignore[func-returns-value]
+
+        def hand(i: int, c: Completion) -> None:
+            handed.add(i)
+            if on_answer is not None:
+                on_answer(i, c)
+
+        self._on_answer = hand
         try:
             flat = self._generate_units(units) if units else []
         finally:
             self._on_answer = None
         for i, c in enumerate(flat):
-            if on_answer is not None and i not in handed:
-                on_answer(i, c)
+            if i not in handed:
+                hand(i, c)
         unreported = len(units) - (progress.answered_so_far() - before)  # backends may report per batch
         if unreported > 0:
             tokens = sum(c.completion_tokens for c in flat) if unreported == len(units) else 0
