@@ -162,13 +162,17 @@ class DiesAfterOneBatchLLM(FakeLLM):
 
 
 def test_an_interrupted_call_keeps_the_answers_its_backend_had_finished(tmp_path: Path) -> None:
-    requests = [review("positive", seed=s) for s in range(5)]
-    with pytest.raises(KeyboardInterrupt):
+    CachedLLM(FakeLLM(), tmp_path).generate([review("positive", seed=1, n=2)])  # samples 0 and 1 cached
+    requests = [review("positive", seed=1, n=4), review("positive", seed=1, n=4), review("negative", seed=5, n=2)]
+    with pytest.raises(KeyboardInterrupt):  # asks positive 2, 3 (once each), negative 0, 1; dies after two
         CachedLLM(DiesAfterOneBatchLLM(), tmp_path).generate(requests)
     fake = FakeLLM()
     again = CachedLLM(fake, tmp_path).generate(requests)
-    assert [u.sampling.seed for u in fake.seen] == [2, 3, 4]  # only what the killed call had not finished
-    assert [c[0].text.endswith(f"|{s}") for s, c in enumerate(again)] == [True] * 5
+    assert fake.seen == [requests[2].unit(0), requests[2].unit(1)]  # only what the killed call had not finished
+    for r, samples in zip(requests, again):  # and every kept answer is stored under its own sample's key
+        assert [c.text for c in samples] == [
+            f"{r.messages[-1].content}|{r.unit(i).sampling.seed}" for i in range(r.sampling.n)
+        ]
 
 
 class TooLongLLM(FakeLLM):
@@ -646,12 +650,39 @@ def test_a_failed_call_to_a_server_keeps_the_answers_that_came_back(tmp_path: Pa
     backend._client.chat.completions.create = create
     with pytest.raises(RuntimeError):
         CachedLLM(backend, tmp_path).generate([review("positive", seed=s) for s in range(5)])
-    time.sleep(0.2)  # requests running when the call failed may still come back
     fake = FakeLLM()
     fake.name = backend.name  # the cache keys answers by the LLM's name
     CachedLLM(fake, tmp_path).generate([review("positive", seed=s) for s in range(5)])
     asked_again = [u.sampling.seed for u in fake.seen]
     assert 3 in asked_again and not {0, 1, 2} & set(asked_again)  # those came back before seed 3 failed: kept
+
+
+def test_an_answer_that_comes_back_after_its_call_failed_is_stored_under_its_own_key(tmp_path: Path) -> None:
+    """The backend is reused after a failed call: a late answer of the first call must not land in the second's."""
+    from types import SimpleNamespace
+
+    from s3.llm.openai_backend import OpenAIBackend
+
+    backend = OpenAIBackend(model="m", base_url="http://127.0.0.1:9/v1", max_retries=0, max_concurrency=2)
+    slow = {0: 0.5, 101: 1.0}  # seconds per seed; seed 1 fails at once
+
+    def create(**kwargs):
+        time.sleep(slow.get(kwargs["seed"], 0))
+        if kwargs["seed"] == 1:
+            raise RuntimeError("the server went away")
+        message = SimpleNamespace(content=f"answer for seed {kwargs['seed']}")
+        return SimpleNamespace(choices=[SimpleNamespace(message=message, finish_reason="stop")], usage=None)
+
+    backend._client.chat.completions.create = create
+    llm = CachedLLM(backend, tmp_path)
+    with pytest.raises(RuntimeError):
+        llm.generate([review("positive", seed=0), review("positive", seed=1)])
+    second = llm.generate([review("negative", seed=100), review("negative", seed=101)])  # seed 0 returns meanwhile
+    assert [c[0].text for c in second] == ["answer for seed 100", "answer for seed 101"]
+    fake = FakeLLM()
+    fake.name = backend.name
+    reread = CachedLLM(fake, tmp_path).generate([review("negative", seed=100), review("positive", seed=0)])
+    assert [c[0].text for c in reread] == ["answer for seed 100", "answer for seed 0"] and not fake.seen
 
 
 def test_a_failed_batch_stops_its_other_requests_retrying(caplog: pytest.LogCaptureFixture) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -239,9 +240,10 @@ class LLM(ABC):
         """One list of `n` completions per request, in request order. Progress goes to the current LLM phase
         (``s3.progress``; ``count=False``: a wrapper such as the cache has already counted these answers).
 
-        ``on_answer(i, completion)`` gets sample ``i`` (counted over the requests' samples in order) as soon as
-        the backend has it: after each batch or request where the backend hands them over (see ``_hand_over``),
-        else at the end. The cache stores answers this way, so an interrupted long call keeps what it finished.
+        ``on_answer(i, completion)`` gets sample ``i`` (counted over the requests' samples in order) once, as soon
+        as the backend has it: after each batch or request where the backend hands them over (see ``_hand_over``;
+        a server backend's worker threads may do so even after a failed call has returned), else at the end. The
+        cache stores answers this way, so an interrupted long call keeps what it finished.
         """
         start = time.perf_counter()
         units = [r.unit(i) for r in requests for i in range(r.sampling.n)]
@@ -249,11 +251,14 @@ class LLM(ABC):
             progress.asked(len(units))
         before = progress.answered_so_far()
         handed: set[int] = set()
+        lock = threading.Lock()  # server backends hand answers over from worker threads
 
         def hand(i: int, c: Completion) -> None:
-            handed.add(i)
-            if on_answer is not None:
-                on_answer(i, c)
+            with lock:
+                if i not in handed:
+                    if on_answer is not None:
+                        on_answer(i, c)
+                    handed.add(i)  # after: an answer whose hand-over failed is handed over again below
 
         self._on_answer = hand
         try:
@@ -288,7 +293,8 @@ class LLM(ABC):
         """Generate exactly one completion per unit (`unit.sampling.n == 1`, seed already per sample)."""
 
     def _hand_over(self, unit: int, completion: Completion) -> None:
-        """A backend that has one of its units' answers before the whole call is done hands it to the caller."""
+        """A backend that has one of its units' answers before the whole call is done hands it to the caller
+        (from the calling thread; worker threads take ``self._on_answer`` when their call starts instead)."""
         if (hand := self._on_answer) is not None:
             hand(unit, completion)
 

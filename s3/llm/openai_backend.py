@@ -160,10 +160,6 @@ class OpenAIBackend(LLM):
         report(1, done.completion_tokens)  # before the future completes: the caller's count then already has it
         return done
 
-    def _hand_over_done(self, unit: int, future: Future) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self._hand_over(unit, future.result())
-
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         deadline = time.monotonic() + self.total_timeout_s
         stop = threading.Event()  # set when the batch is over: requests still retrying give up quietly
@@ -172,8 +168,9 @@ class OpenAIBackend(LLM):
         try:
             report = progress.reporter()  # requests finish in worker threads, which report before they return
             futures = [pool.submit(self._call, u, deadline, stop, warned, report) for u in units]
+            hand = self._on_answer  # this call's, also for answers that arrive after it has failed
             for i, f in enumerate(futures):  # each answer to the caller as it arrives (the cache keeps it)
-                f.add_done_callback(partial(self._hand_over_done, i))
+                f.add_done_callback(partial(hand_over_done, hand, i))
             done, pending = wait(futures, timeout=self.total_timeout_s, return_when=FIRST_EXCEPTION)
             for f in done:
                 if (e := f.exception()) is not None:
@@ -186,3 +183,8 @@ class OpenAIBackend(LLM):
         finally:
             stop.set()
             pool.shutdown(wait=False, cancel_futures=True)  # running requests stop retrying (stop is set)
+
+
+def hand_over_done(hand: Callable[[int, Completion], None] | None, unit: int, future: Future) -> None:
+    if hand is not None and not future.cancelled() and future.exception() is None:
+        hand(unit, future.result())
