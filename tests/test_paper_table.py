@@ -13,7 +13,9 @@ from benchmarks.paper_table import COLUMNS, METHODS, PAPER, TASKS, cell_override
 from s3.config import compose_config
 from s3.loop_config import loop_config
 
-ARGS = argparse.Namespace(budget=400, seed_size=200, rounds=2, gold_rows=None, qa_min_steps=300, extra="")
+ARGS = argparse.Namespace(
+    budget=400, seed_size=200, rounds=2, gold_rows=None, qa_min_steps=300, extra="", cell_extra=[]
+)
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -64,6 +66,17 @@ def test_the_quality_benchmarks_adqa_runs_are_the_tables_cells() -> None:
             extra=["small_model.min_steps=300"],
         )  # fmt: skip
         assert key(quality) == key(cell_overrides("adqa", method, args))
+
+
+def test_a_cells_own_overrides_reach_that_cell_only() -> None:
+    args = argparse.Namespace(**{**vars(ARGS), "cell_extra": ["imdb/goldgen=llm=smollm2_vllm llm.max_model_len=4096"]})
+    own = cell_overrides("imdb", "goldgen", args)
+    assert {"llm=smollm2_vllm", "llm.max_model_len=4096"} <= set(own)
+    assert compose_config(own).llm.max_model_len == 4096
+    assert "llm=smollm2_vllm" not in cell_overrides("imdb", "zerogen", args) + cell_overrides("qnli", "goldgen", args)
+    for bad in ("imdb/goldgen=", "imbd/goldgen=llm=smollm2_vllm", "imdb=llm=smollm2_vllm"):
+        with pytest.raises(ValueError, match="--cell-extra"):
+            cell_overrides("imdb", "goldgen", argparse.Namespace(**{**vars(ARGS), "cell_extra": [bad]}))
 
 
 def test_gold_rows_per_task() -> None:
