@@ -559,6 +559,30 @@ class TestVLLMInProcess:
     def test_channel_label_check_tells_real_labels_from_flipped_ones(self, engine: LLM, data_dir: Path) -> None:
         check_channel_label_check(engine, data_dir)
 
+    def test_an_interrupted_call_keeps_the_answers_the_engine_finished(self, engine, tmp_path, monkeypatch) -> None:
+        """Answers are handed over as the engine finishes them, not when the whole call returns; the requests an
+        interrupted call leaves in the engine are aborted, so the next call gets only its own answers."""
+        real_step, finished = engine.engine.llm_engine.step, []
+
+        def dies_after_the_first_answers():
+            if finished:
+                raise KeyboardInterrupt
+            outs = real_step()
+            finished.extend(o for o in outs if o.finished)
+            return outs
+
+        requests = [review("positive", seed=s, max_tokens=1) for s in range(3)]
+        requests += [review("negative", seed=s, max_tokens=64, temperature=0.0) for s in range(3)]
+        monkeypatch.setattr(engine.engine.llm_engine, "step", dies_after_the_first_answers)
+        with pytest.raises(KeyboardInterrupt):
+            CachedLLM(engine, tmp_path).generate(requests)
+        monkeypatch.undo()
+        kept = len(CachedLLM(engine, tmp_path).store)
+        assert 1 <= kept == len(finished) < len(requests)  # stored as they finished, before the call died
+        assert not engine.engine.llm_engine.has_unfinished_requests()
+        again = CachedLLM(engine, tmp_path).generate(requests)
+        assert [len(a) for a in again] == [1] * 6 and all(a[0].completion_tokens == 1 for a in again[:3])
+
 
 # ---------------------------------------------------------------- slow: OpenAI backend against a real `vllm serve`
 

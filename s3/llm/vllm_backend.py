@@ -5,18 +5,21 @@ object would give correlated samples. Prefix caching shares the prompt's KV
 across the n samples of a request. Constrained choices are scored as the
 transformers backend scores them (log P(choice + EOS | prompt), from vLLM's
 prompt log-probabilities), so label checks that need log-likelihoods work here
-too. Scripts that build this must do so under `if __name__ == "__main__":`
+too. Answers are handed over as the engine finishes them (live progress; an
+interrupted call keeps them). Scripts that build this must do so under `if __name__ == "__main__":`
 (vLLM spawns worker processes).
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import os
 from collections.abc import Sequence
 from typing import Any
 
+from s3 import progress
 from s3.llm.base import LLM, ChatRequest, Completion, pick_choice, render_plain, skip_too_long
 from s3.llm.models import resolve_model
 
@@ -72,6 +75,7 @@ class VLLMBackend(LLM):
             kwargs["max_num_batched_tokens"] = max(max_model_len, 8192)
         kwargs.update(engine_kwargs or {})
         self.engine = Engine(**kwargs)
+        self._request_ids = itertools.count()
         self.max_model_len = int(kwargs["max_model_len"])  # prompt + answer, in tokens
         has_template = bool(getattr(self.engine.get_tokenizer(), "chat_template", None))
         self.use_chat_template = has_template if chat_template is None else chat_template
@@ -109,7 +113,7 @@ class VLLMBackend(LLM):
         for i, c in zip(constrained, self._choose([units[i] for i in constrained])):
             out[i] = c
         free = [i for i, u in enumerate(units) if u.choices is None]
-        for i, c in zip(free, self._generate_free([units[i] for i in free])):
+        for i, c in zip(free, self._generate_free([units[i] for i in free], free)):
             out[i] = c
         return out  # type: ignore[return-value]
 
@@ -147,30 +151,41 @@ class VLLMBackend(LLM):
             results.append(Completion(choice, len(p), n_tokens, "stop", logprob=float(scores[k])))
         return results
 
-    def _generate_free(self, units: Sequence[ChatRequest]) -> list[Completion]:
-        skipped = skip_too_long(units, [len(self.prompt_ids(u)) for u in units], self.max_model_len)  # vLLM would fail
-        todo = [u for i, u in enumerate(units) if i not in skipped]
-        params = [self._params(u) for u in todo]
-        if not self.use_chat_template:
-            outs = (
-                self.engine.generate([render_plain(u.messages) for u in todo], params, use_tqdm=False) if todo else []
-            )
-        else:  # one chat() call per kind: answers started for the model (an assistant message last) are continued
-            outs = [None] * len(todo)
-            for cont in (False, True):
-                idx = [i for i, u in enumerate(todo) if u.answer_started == cont]
-                if idx:
-                    got = self.engine.chat(
-                        [todo[i].as_dicts() for i in idx],
-                        [params[i] for i in idx],
-                        use_tqdm=False,
-                        add_generation_prompt=not cont,
-                        continue_final_message=cont,
-                    )
-                    for i, o in zip(idx, got):
-                        outs[i] = o
-        done = iter(_completion(o) for o in outs)
-        return [skipped[i] if i in skipped else next(done) for i in range(len(units))]
+    def _generate_free(self, units: Sequence[ChatRequest], at: Sequence[int]) -> list[Completion]:
+        """All units go into the engine at once (it batches them) and each answer is handed over (``at``: its
+        unit's place in the call) and counted in the progress line as the engine finishes it, so a long call shows
+        progress and an interrupted one keeps what it finished. Prompts are rendered here (``prompt_ids``), so
+        chat and plain prompts, started answers included, take one path."""
+        from vllm.inputs import TokensPrompt
+
+        prompts = [self.prompt_ids(u) for u in units]
+        out: list[Completion | None] = [None] * len(units)
+        skipped = skip_too_long(units, [len(p) for p in prompts], self.max_model_len)  # vLLM would fail
+        for i, c in skipped.items():
+            out[i] = c
+        todo = [i for i in range(len(units)) if i not in skipped]
+        if not todo:
+            return out  # type: ignore[return-value]
+        engine = self.engine.llm_engine
+        running: dict[str, int] = {}
+        try:
+            for i in todo:
+                request_id = f"s3-{next(self._request_ids)}"  # ours: the engine's outputs carry it back
+                engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompts[i]), self._params(units[i]))
+                running[request_id] = i
+            while running and engine.has_unfinished_requests():
+                for o in engine.step():
+                    if o.finished and o.request_id in running:
+                        i = running.pop(o.request_id)
+                        out[i] = c = _completion(o)
+                        progress.answered(1, c.completion_tokens)
+                        self._hand_over(at[i], c)
+            if running:
+                raise RuntimeError(f"the vLLM engine stopped with {len(running)} of {len(todo)} requests unanswered")
+        finally:
+            if running:  # interrupted: the next call must not find these still in the engine
+                engine.abort_request(list(running))
+        return out  # type: ignore[return-value]
 
     def close(self) -> None:
         """Free the engine (KV cache + weights) so training can use the GPU."""
