@@ -28,7 +28,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.results import kept_row, write_section  # noqa: E402
+from benchmarks.results import command_line, kept_row, write_section  # noqa: E402
 from s3.config import compose_config  # noqa: E402
 from s3.loop import load_llm, make_synthesizer, run_data  # noqa: E402
 from s3.loop_config import loop_config  # noqa: E402
@@ -111,7 +111,7 @@ def main() -> None:
             if PROMPTS[n] or n in PRESETS
         )
         write_section("extrapolation_prompts", "Error-extrapolation prompts: `benchmarks/extrapolation_prompts.py`",
-                      "python " + " ".join(sys.argv), prompts + "\n\n" + "\n".join(report))  # fmt: skip
+                      command_line(), prompts + "\n\n" + "\n".join(report))  # fmt: skip
 
 
 def balanced_sample(rows: list[dict], n: int, seed: int) -> list[dict]:

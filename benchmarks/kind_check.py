@@ -25,7 +25,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import command_line, write_section  # noqa: E402
 from s3.config import REPO_ROOT, compose_config  # noqa: E402
 from s3.data import load_real_data  # noqa: E402
 from s3.filters import KindCheck, QualityRules, build_filter_chain  # noqa: E402
@@ -119,7 +119,7 @@ def main() -> None:
     print("\n".join(report[-(len(examples) + 4) :]))
     if args.write:
         write_section("kind_check", "Answers of the task's kind: `benchmarks/kind_check.py`",
-                      "python " + " ".join(sys.argv), "\n".join(report))  # fmt: skip
+                      command_line(), "\n".join(report))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.results import kept_row, write_section  # noqa: E402
+from benchmarks.results import command_line, kept_row, write_section  # noqa: E402
 from s3.config import compose_config  # noqa: E402
 from s3.loop import load_llm, make_synthesizer, run_data  # noqa: E402
 from s3.loop_config import loop_config  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> None:
     print("\n".join(report[-1:]))
     if args.write:
         write_section("pair_prompts", "Pair-task prompts: `benchmarks/pair_prompts.py`",
-                      "python " + " ".join(sys.argv), "\n".join(report))  # fmt: skip
+                      command_line(), "\n".join(report))  # fmt: skip
 
 
 if __name__ == "__main__":

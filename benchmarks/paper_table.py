@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ledger import LEDGER_HELP, open_ledger  # noqa: E402
 from benchmarks.quality import method_overrides, multirun  # noqa: E402
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import command_line, write_section  # noqa: E402
 from s3.config import REPO_ROOT  # noqa: E402
 
 TASKS = ("imdb", "qnli", "rte", "adqa", "sst2")
@@ -196,7 +196,7 @@ def main() -> None:
         report.append(f"s3_minus_{baseline}_avg={gap:.2f}")
     print("\n".join(report), flush=True)
     if args.write:
-        write_section("paper_table", "The paper's Table 2: `benchmarks/paper_table.py`", "python " + " ".join(sys.argv),
+        write_section("paper_table", "The paper's Table 2: `benchmarks/paper_table.py`", command_line(),
                       "\n".join(report))  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import command_line, write_section  # noqa: E402
 from s3.config import compose_config  # noqa: E402
 from s3.data import load_split  # noqa: E402
 from s3.filters import FilterChain  # noqa: E402
@@ -86,7 +86,7 @@ def main() -> None:
     print("\n".join(report[-1:]))
     if args.write:
         write_section("qa_prompts", "QA seed prompts and answer spans: `benchmarks/qa_prompts.py`",
-                      "python " + " ".join(sys.argv), "\n".join(report))  # fmt: skip
+                      command_line(), "\n".join(report))  # fmt: skip
 
 
 if __name__ == "__main__":

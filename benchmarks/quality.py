@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.ledger import LEDGER_HELP, Ledger, open_ledger  # noqa: E402
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import command_line, write_section  # noqa: E402
 from s3.classifier import SmallModelConfig, scores, small_model_config, train_classifier
 from s3.config import REPO_ROOT, compose_config, default_data_dir
 from s3.data import Task, load_real_data, load_split, stratified_sample
@@ -292,7 +292,7 @@ def main() -> None:
         write_section(
             args.section or f"quality_{args.task}",
             f"S3 vs baselines on {args.task}: `benchmarks/quality.py`",
-            "python " + " ".join(sys.argv),
+            command_line(),
             "\n".join(report),
         )
 

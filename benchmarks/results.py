@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,11 @@ def commit() -> str:
         ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True
     ).stdout.strip()
     return f"{sha}{'-dirty' if dirty else ''}" or "unknown"
+
+
+def command_line() -> str:
+    """This benchmark's command as typed, quoted so that it can be pasted back (an argument with spaces)."""
+    return "python " + shlex.join(sys.argv)
 
 
 def write_section(name: str, title: str, command: str, body: str, machine: str = "2 CPU cores, no GPU") -> None:

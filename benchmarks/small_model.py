@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import command_line, write_section  # noqa: E402
 from s3.classifier import SmallModelConfig, scores, small_model_config, train_classifier  # noqa: E402
 from s3.config import compose_config  # noqa: E402
 from s3.data import load_real_data, load_split, stratified_sample  # noqa: E402
@@ -179,7 +179,7 @@ def main() -> None:
         write_section(
             args.section,
             "Small model on gold data: `benchmarks/small_model.py`",
-            " ".join(["python", *sys.argv]),
+            command_line(),
             f"{notes}\n\n{recipe_text}\n\n{table}",
         )
     print(f"min_sst2_300={min(new_300) * 100 if new_300 else math.nan:.1f}")

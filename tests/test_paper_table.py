@@ -100,3 +100,14 @@ def test_the_quality_benchmarks_default_runs_are_the_tables_cells(task: str) -> 
             task, method, budget=400, seed_size=200, rounds=2, gold_rows=None, max_test=1000, extra=[]
         )
         assert key(quality) == key(cell_overrides(task, method, ARGS))
+
+
+def test_the_command_written_to_results_can_be_pasted_back(monkeypatch) -> None:
+    """A `--cell-extra` value holds spaces: the RESULTS.md command line quotes it, so pasting it runs the same cells."""
+    import shlex
+
+    from benchmarks.results import command_line
+
+    argv = ["benchmarks/paper_table.py", "--cell-extra", "imdb/goldgen=llm=smollm2_vllm llm.max_model_len=4096"]
+    monkeypatch.setattr("sys.argv", argv)
+    assert shlex.split(command_line()) == ["python", *argv]
