@@ -6,8 +6,8 @@ across the n samples of a request. Constrained choices are scored as the
 transformers backend scores them (log P(choice + EOS | prompt), from vLLM's
 prompt log-probabilities), so label checks that need log-likelihoods work here
 too. Answers are handed over as the engine finishes them (live progress; an
-interrupted call keeps them). Scripts that build this must do so under `if __name__ == "__main__":`
-(vLLM spawns worker processes).
+interrupted call keeps them). Scripts that build this must do so under
+`if __name__ == "__main__":` (vLLM spawns worker processes).
 """
 
 from __future__ import annotations
