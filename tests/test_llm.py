@@ -561,7 +561,7 @@ class TestVLLMInProcess:
 
     def test_an_interrupted_call_keeps_the_answers_the_engine_finished(self, engine, tmp_path, monkeypatch) -> None:
         """Answers are handed over as the engine finishes them, not when the whole call returns; the requests an
-        interrupted call leaves in the engine are aborted, so the next call gets only its own answers."""
+        interrupted call leaves in the engine are aborted (none still running), and the next call completes."""
         real_step, finished = engine.engine.llm_engine.step, []
 
         def dies_after_the_first_answers():

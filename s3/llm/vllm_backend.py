@@ -85,9 +85,11 @@ class VLLMBackend(LLM):
 
     def _params(self, unit: ChatRequest):
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         s = unit.sampling
         return SamplingParams(
+            output_kind=RequestOutputKind.FINAL_ONLY,  # one output per request, when it is done
             n=1,
             temperature=s.temperature,
             top_p=s.top_p,
@@ -112,6 +114,7 @@ class VLLMBackend(LLM):
         constrained = [i for i, u in enumerate(units) if u.choices is not None]
         for i, c in zip(constrained, self._choose([units[i] for i in constrained])):
             out[i] = c
+            self._hand_over(i, c)  # kept if the free generation below is interrupted
         free = [i for i, u in enumerate(units) if u.choices is None]
         for i, c in zip(free, self._generate_free([units[i] for i in free], free)):
             out[i] = c
@@ -156,7 +159,7 @@ class VLLMBackend(LLM):
         unit's place in the call) and counted in the progress line as the engine finishes it, so a long call shows
         progress and an interrupted one keeps what it finished. Prompts are rendered here (``prompt_ids``), so
         chat and plain prompts, started answers included, take one path."""
-        from vllm.inputs import TokensPrompt
+        from vllm.inputs.engine import tokens_input
 
         prompts = [self.prompt_ids(u) for u in units]
         out: list[Completion | None] = [None] * len(units)
@@ -171,8 +174,8 @@ class VLLMBackend(LLM):
         try:
             for i in todo:
                 request_id = f"s3-{next(self._request_ids)}"  # ours: the engine's outputs carry it back
-                engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompts[i]), self._params(units[i]))
-                running[request_id] = i
+                running[request_id] = i  # first: an interrupt inside add_request still aborts it
+                engine.add_request(request_id, tokens_input(prompts[i]), self._params(units[i]))
             while running and engine.has_unfinished_requests():
                 for o in engine.step():
                     if o.finished and o.request_id in running:
