@@ -26,7 +26,7 @@ from datasketch import MinHash, MinHashLSH
 from s3 import progress
 from s3.config import UserError
 from s3.data import Task
-from s3.llm import LLM, ChatRequest, Sampling
+from s3.llm import LLM, NOT_ANSWERS, ChatRequest, Sampling
 from s3.parsing import boilerplate_kind, gram_hashes, normalize, word_hashes
 from s3.prompts import PromptBook
 
@@ -617,7 +617,7 @@ class LLMLabelCheck(FlagFilter):
 
 # ---- the chain a run uses -------------------------------------------------------------------------------
 
-OTHER_DROP_REASONS = ("unparsable", "over_quota", "prompt_too_long")  # counted by the synthesizer, not a filter
+OTHER_DROP_REASONS = ("unparsable", "over_quota", *NOT_ANSWERS)  # counted by the synthesizer, not a filter
 QA_DROP_REASONS = ("not_a_question", "answer_in_question", "answer_not_span")  # s3.qa_synthesis: parsing
 DROP_REASONS: tuple[str, ...] = (
     *QualityRules.reasons,

@@ -19,8 +19,7 @@ from typing import Any
 from s3 import progress
 from s3.data import Task
 from s3.filters import EXTRAPOLATED, REFERENCE, FilterChain
-from s3.llm import LLM, ChatRequest, Sampling
-from s3.llm.base import PROMPT_TOO_LONG
+from s3.llm import LLM, NOT_ANSWERS, ChatRequest, Sampling
 from s3.loop_config import SyntheticLoopConfig
 from s3.parsing import normalize, parse_examples, parse_rationale_items
 from s3.prompts import PromptBook, prompt_hash
@@ -332,8 +331,8 @@ class Synthesizer:
             for completion in completions:
                 out.generated += 1
                 parsed = (
-                    PROMPT_TOO_LONG
-                    if completion.finish_reason == PROMPT_TOO_LONG
+                    completion.finish_reason
+                    if completion.finish_reason in NOT_ANSWERS
                     else self.parse(job, self.answer_start + completion.text)
                 )
                 if isinstance(parsed, str):

@@ -175,15 +175,21 @@ def test_an_interrupted_call_keeps_the_answers_its_backend_had_finished(tmp_path
         ]
 
 
-class TooLongLLM(FakeLLM):
+class NoAnswerLLM(FakeLLM):
+    def __init__(self, finish_reason: str) -> None:
+        super().__init__()
+        self.finish_reason = finish_reason
+
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         self.seen.extend(units)
-        return [Completion("", 99, 0, PROMPT_TOO_LONG) for _ in units]
+        return [Completion("Review: half a revi", 99, 5, self.finish_reason) for _ in units]
 
 
-def test_a_skipped_prompt_is_not_cached(tmp_path) -> None:
-    """A prompt skipped for its length is not an answer: a later run (a larger context) asks again."""
-    backend = TooLongLLM()
+@pytest.mark.parametrize("finish_reason", [PROMPT_TOO_LONG, "abort", "error"])
+def test_a_completion_that_is_not_an_answer_is_not_cached(tmp_path, finish_reason) -> None:
+    """A prompt skipped for its length, or a generation the engine aborted or failed, is not an answer: a later run
+    (a larger context, a live engine) asks again."""
+    backend = NoAnswerLLM(finish_reason)
     llm = CachedLLM(backend, tmp_path)
     llm.generate([review("positive", seed=1)])
     llm.generate([review("positive", seed=1)])

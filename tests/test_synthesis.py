@@ -115,6 +115,25 @@ def test_extrapolation_samples_at_its_own_temperature_and_the_seed_set_at_the_lo
     assert len(llm.seen) > seeds and {u.sampling.temperature for u in llm.seen[seeds:]} == {0.7}
 
 
+class CutOffLLM(EchoLLM):
+    """Every other answer is one the engine cut off (vLLM's ``abort`` / ``error``): a plausible row, marked."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        answers = super()._generate_units(units)
+        return [c if i % 2 else Completion(f"{c.text} cut", 3, 3, self.reason) for i, c in enumerate(answers)]
+
+
+@pytest.mark.parametrize("reason", ["abort", "error"])
+def test_an_answer_the_engine_cut_off_is_dropped_under_its_reason(reason) -> None:
+    batch = synthesizer(CutOffLLM(reason), per_error=2).extrapolate(ERRORS, round_=1, limit=10)
+    assert batch.drops[reason] >= batch.generated // 2 > 0 and batch.drops["unparsable"] == 0
+    assert batch.rows and not any(r["text"].endswith(" cut") for r in batch.rows)
+
+
 class ShortContextLLM(ScriptedLLM):
     """A backend whose context only fits short prompts (as backends report it: ``skip_too_long``)."""
 

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from s3.llm.base import (
     LLM,
+    NOT_ANSWERS,
     ChatRequest,
     Completion,
     LLMUnavailableError,
@@ -44,6 +45,7 @@ __all__ = [
     "Completion",
     "LLMUnavailableError",
     "Message",
+    "NOT_ANSWERS",
     "Sampling",
     "Usage",
     "build_llm",

@@ -90,6 +90,9 @@ class ChatRequest:
 
 
 PROMPT_TOO_LONG = "prompt_too_long"  # a Completion's finish_reason: the prompt and its answer exceed the context
+# Finish reasons of a completion that is not an answer: a skipped prompt, or a generation the engine cut off (vLLM
+# ends a request it aborted or failed with these). Never cached; the synthesizer drops them under their reason.
+NOT_ANSWERS = (PROMPT_TOO_LONG, "abort", "error")
 
 
 @dataclass(frozen=True)
@@ -320,6 +323,7 @@ __all__ = [
     "Completion",
     "LLM",
     "LLMUnavailableError",
+    "NOT_ANSWERS",
     "PROMPT_TOO_LONG",
     "Message",
     "Sampling",
