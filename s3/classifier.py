@@ -57,6 +57,7 @@ from s3.config import UserError
 from s3.console import live_console
 from s3.data import Task
 from s3.embed import resolve_model
+from s3.hardware import auto_device, training_precision
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class SmallModelConfig:
     # [u, v, |u-v|, u*v] (Sentence-BERT) | joint = one sequence; single-text tasks ignore it
     max_epochs: int = 4
     min_steps: int = 0  # train more epochs than max_epochs when a small set would take fewer optimizer steps
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # Lightning's; auto: bf16-mixed where the hardware has bf16 kernels (s3.hardware)
     bucket_size: int = 50  # batches per length bucket; 1 = plain shuffling
     pad_to_max_length: bool = False  # the official S3 script's fixed padding; only for comparisons
     save: bool = True  # the run keeps its best classifier in <run_dir>/model
@@ -300,7 +301,7 @@ class Classifier:
     max_length: int
     pair_encoding: str = "joint"
     eval_batch_size: int = 128
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # as trained (SmallModelConfig.precision)
     meta: dict[str, Any] = field(default_factory=dict)  # where it came from: task, base model, run
 
     def predict_proba(self, rows: Sequence[dict[str, Any]]) -> np.ndarray:
@@ -310,7 +311,7 @@ class Classifier:
         model = self.model.eval()
         device = next(model.parameters()).device
         out = np.zeros((len(rows), len(self.labels)), dtype=np.float32)
-        use_bf16 = self.precision.startswith("bf16")
+        use_bf16 = training_precision(self.precision, device.type).startswith("bf16")
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             for idx, batch in zip(loader.batch_sampler, loader):
                 batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}
@@ -461,7 +462,7 @@ def lightning_trainer(cfg: SmallModelConfig, epochs: int, progress: bool) -> pl.
     """The Trainer every small model uses: no logger or checkpoints (the module keeps its best epoch itself)."""
     return pl.Trainer(
         max_epochs=epochs,
-        precision=cfg.precision,
+        precision=training_precision(cfg.precision),
         accelerator="auto",
         devices=1,
         logger=False,
@@ -492,7 +493,7 @@ def init_head_from_probe(model: MeanPooledClassifier, dataset: EncodedDataset, t
     loader = eval_loader(dataset, tokenizer, 64)
     feats = np.zeros((len(dataset), model.classifier.in_features), dtype=np.float32)
     labels = np.array([f["labels"] for f in dataset.features])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(auto_device())
     model.to(device).eval()
     with torch.inference_mode():
         for idx, batch in zip(loader.batch_sampler, loader):
@@ -592,7 +593,7 @@ def train_classifier(
         max_length=cfg.max_length,
         pair_encoding="siamese" if siamese else "joint",
         eval_batch_size=cfg.eval_batch_size,
-        precision=cfg.precision,
+        precision=training_precision(cfg.precision),
         meta={"task": task.name, "base_model": cfg.model, "small_model": cfg.name},
         train_seconds=seconds,
         examples_per_second=len(train_rows) * epochs / seconds,

@@ -32,6 +32,7 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataColla
 from s3.atomic import atomic_dir
 from s3.classifier import BucketBatchSampler, SmallModelConfig, lightning_trainer, optimizer_and_schedule
 from s3.embed import resolve_model
+from s3.hardware import training_precision
 from s3.qa import qa_scores
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ class QAModel:
     max_length: int
     doc_stride: int
     eval_batch_size: int = 64
-    precision: str = "bf16-mixed"
+    precision: str = "auto"  # as trained (SmallModelConfig.precision)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def logits(self, windows: Windows) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -133,7 +134,7 @@ class QAModel:
         device = next(model.parameters()).device
         starts: list[np.ndarray] = [np.empty(0)] * len(windows)
         ends: list[np.ndarray] = [np.empty(0)] * len(windows)
-        use_bf16 = self.precision.startswith("bf16")
+        use_bf16 = training_precision(self.precision, device.type).startswith("bf16")
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             for idx, batch in zip(batches, loader):
                 inputs = {k: v.to(device) for k, v in batch.items() if k not in ("start_positions", "end_positions")}
@@ -249,7 +250,8 @@ def train_qa_model(
     path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForQuestionAnswering.from_pretrained(path).train()
-    evaluator = QAModel(model, tokenizer, cfg.max_length, cfg.doc_stride, cfg.eval_batch_size, cfg.precision)
+    precision = training_precision(cfg.precision)
+    evaluator = QAModel(model, tokenizer, cfg.max_length, cfg.doc_stride, cfg.eval_batch_size, precision)
     module = QAModule(cfg, evaluator, val_rows)
     train_set = Windows(train_rows, tokenizer, cfg.max_length, cfg.doc_stride, train=True)
     train_loader = DataLoader(
@@ -280,7 +282,7 @@ def train_qa_model(
         max_length=cfg.max_length,
         doc_stride=cfg.doc_stride,
         eval_batch_size=cfg.eval_batch_size,
-        precision=cfg.precision,
+        precision=precision,
         meta={"task": task_name, "base_model": cfg.model, "small_model": cfg.name},
         train_seconds=seconds,
         examples_per_second=len(train_set) * epochs / seconds,

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
 from s3 import progress
+from s3.hardware import auto_device, llm_dtype
 from s3.llm.base import LLM, ChatRequest, Completion, pick_choice, render_plain, skip_too_long, truncate_at_stop
 from s3.llm.models import resolve_model
 
@@ -65,7 +66,7 @@ class TransformersLLM(LLM):
     def __init__(
         self,
         model: str,  # a Hub id, a local checkpoint, or embedded:<name>
-        dtype: str = "bfloat16",  # faster than float32 on AVX512-BF16 CPUs; float32 is batch-invariant for greedy decoding
+        dtype: str = "auto",  # auto: bfloat16 where the hardware has bf16 kernels, else float16 (GPU) / float32 (s3.hardware)
         batch_size: int = 32,  # rows per generate() call
         device: str = "auto",  # cuda if available, else cpu
         chat_template: bool | None = None,  # None: the tokenizer's chat template when it has one
@@ -75,13 +76,15 @@ class TransformersLLM(LLM):
         self.name = f"transformers:{model}"
         self.model_spec = model
         self.batch_size = batch_size
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+        self.device = auto_device() if device == "auto" else device
         path = resolve_model(model, cache_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(path, dtype=llm_dtype(dtype, self.device)).to(self.device).eval()
+        )
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         if chat_template and not has_template:
             raise ValueError(f"{model}: chat_template=true but the tokenizer has no chat template")
