@@ -45,10 +45,13 @@ def test_a_precision_or_dtype_the_user_names_is_kept(bf16, native) -> None:
     assert hardware.llm_dtype("float32", "cuda:0") is torch.float32
 
 
-def test_auto_falls_back_to_the_fast_format_of_each_device(bf16) -> None:
+def test_auto_falls_back_to_the_fast_format_of_each_device(bf16, monkeypatch) -> None:
     bf16(False)
-    assert hardware.training_precision("auto", "cuda") == "16-mixed"
-    assert hardware.llm_dtype("auto", "cuda:0") is torch.float16
+    for capability, precision in (((7, 5), "16-mixed"), ((6, 1), "32-true")):  # a T4; a Pascal card (slow float16)
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *_, c=capability: c)
+        assert hardware.training_precision("auto", "cuda") == precision
+    assert hardware.training_precision("auto", "cpu") == "32-true"
+    assert hardware.llm_dtype("auto", "cuda:0") is torch.float32
     assert hardware.llm_dtype("auto", "cpu") is torch.float32
     bf16(True)
     assert hardware.training_precision("auto", "cpu") == "bf16-mixed"

@@ -19,9 +19,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from s3.config import compose_config
+from s3.hardware import bf16_is_native
 from s3.llm import CachedLLM, build_llm
 from s3.llm.base import (
     LLM,
@@ -524,6 +526,10 @@ class TestVLLMInProcess:
         llm = VLLMBackend("embedded:smollm2", max_model_len=1024, cache_dir=str(SHARED))
         yield llm
         llm.close()
+
+    def test_the_engine_runs_bf16_only_where_the_cpu_has_bf16_kernels(self, engine: LLM) -> None:
+        native = torch.bfloat16 if bf16_is_native("cpu") else torch.float32
+        assert engine.engine.llm_engine.model_config.dtype == native  # type: ignore[attr-defined]
 
     def test_generates_label_conditioned_text(self, engine: LLM) -> None:
         pos, neg = engine.generate([review("positive", temperature=0), review("negative", temperature=0)])

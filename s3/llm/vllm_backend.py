@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from s3 import progress
+from s3.hardware import llm_dtype
 from s3.llm.base import LLM, ChatRequest, Completion, pick_choice, render_plain, skip_too_long
 from s3.llm.models import resolve_model
 
@@ -43,7 +44,7 @@ class VLLMBackend(LLM):
     def __init__(
         self,
         model: str,
-        dtype: str = "auto",
+        dtype: str = "auto",  # the checkpoint's; on a CPU, bfloat16 only where it has bf16 kernels (s3.hardware)
         max_model_len: int = 4096,
         gpu_memory_utilization: float = 0.85,
         enable_prefix_caching: bool = True,
@@ -59,6 +60,8 @@ class VLLMBackend(LLM):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_space_gib))
         from vllm import LLM as Engine
 
+        if dtype == "auto" and _on_cpu():  # vLLM's auto keeps a bf16 checkpoint in bf16, emulated on AVX2-only CPUs
+            dtype = str(llm_dtype("auto", "cpu")).removeprefix("torch.")
         kwargs = dict(
             model=resolve_model(model, cache_dir),
             dtype=dtype,
