@@ -34,7 +34,7 @@ def bf16_is_native(device: str) -> bool:
 
 @functools.cache
 def _fallback(device: str, what: str, chosen: str) -> None:
-    log.info("%s: bf16 is emulated on this %s (no AVX512/AMX), so %s", what, device, chosen)
+    log.info("%s: this %s has no bf16 kernels (a CPU needs AVX512 or AMX), so %s", what, device, chosen)
 
 
 def training_precision(precision: str, device: str | None = None) -> str:
