@@ -57,7 +57,7 @@ from s3.config import UserError
 from s3.console import live_console
 from s3.data import Task
 from s3.embed import resolve_model
-from s3.hardware import auto_device, bf16_is_native, training_precision
+from s3.hardware import auto_device, autocast_bf16, training_precision
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +311,7 @@ class Classifier:
         model = self.model.eval()
         device = next(model.parameters()).device
         out = np.zeros((len(rows), len(self.labels)), dtype=np.float32)
-        # as trained, where this device has bf16 kernels (a model trained on a GPU may predict on an AVX2-only CPU)
-        use_bf16 = training_precision(self.precision, device.type).startswith("bf16") and bf16_is_native(device.type)
+        use_bf16 = autocast_bf16(self.precision, device.type)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             for idx, batch in zip(loader.batch_sampler, loader):
                 batch = {k: v.to(device) for k, v in batch.items() if k != "labels"}

@@ -60,3 +60,9 @@ def llm_dtype(dtype: str, device: str) -> torch.dtype:
         return torch.bfloat16
     _fallback(device, "LLM", "its weights are float32")
     return torch.float32
+
+
+def autocast_bf16(precision: str, device: str) -> bool:
+    """Whether inference autocasts to bf16: as trained (``precision``), where ``device`` has bf16 kernels (a model
+    trained on a GPU may predict on an AVX2-only CPU)."""
+    return training_precision(precision, device).startswith("bf16") and bf16_is_native(device)

@@ -32,7 +32,7 @@ from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataColla
 from s3.atomic import atomic_dir
 from s3.classifier import BucketBatchSampler, SmallModelConfig, lightning_trainer, optimizer_and_schedule
 from s3.embed import resolve_model
-from s3.hardware import bf16_is_native, training_precision
+from s3.hardware import autocast_bf16, training_precision
 from s3.qa import qa_scores
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,7 @@ class QAModel:
         device = next(model.parameters()).device
         starts: list[np.ndarray] = [np.empty(0)] * len(windows)
         ends: list[np.ndarray] = [np.empty(0)] * len(windows)
-        # as trained, where this device has bf16 kernels (a model trained on a GPU may predict on an AVX2-only CPU)
-        use_bf16 = training_precision(self.precision, device.type).startswith("bf16") and bf16_is_native(device.type)
+        use_bf16 = autocast_bf16(self.precision, device.type)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             for idx, batch in zip(batches, loader):
                 inputs = {k: v.to(device) for k, v in batch.items() if k not in ("start_positions", "end_positions")}

@@ -66,7 +66,7 @@ class TransformersLLM(LLM):
     def __init__(
         self,
         model: str,  # a Hub id, a local checkpoint, or embedded:<name>
-        dtype: str = "auto",  # auto: bfloat16 where the hardware has bf16 kernels, else float16 (GPU) / float32 (s3.hardware)
+        dtype: str = "auto",  # auto: bfloat16 where the hardware has bf16 kernels, else float32 (s3.hardware)
         batch_size: int = 32,  # rows per generate() call
         device: str = "auto",  # cuda if available, else cpu
         chat_template: bool | None = None,  # None: the tokenizer's chat template when it has one
