@@ -595,6 +595,22 @@ class TestVLLMInProcess:
         again = CachedLLM(engine, tmp_path).generate(requests)
         assert [len(a) for a in again] == [1] * 6 and all(a[0].completion_tokens == 1 for a in again[:3])
 
+    def test_an_interrupted_label_check_leaves_nothing_in_the_engine(self, engine, monkeypatch) -> None:
+        """Scoring requests an interrupt leaves in the engine are aborted: a later check in the same process must not
+        find them there and pair its choices with their scores."""
+        expected = engine.generate([SENTIMENT])[0][0]
+
+        def interrupted():
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(engine.engine.llm_engine, "step", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            engine.generate([SENTIMENT])
+        monkeypatch.undo()
+        assert not engine.engine.llm_engine.has_unfinished_requests()
+        again = engine.generate([SENTIMENT])[0][0]
+        assert (again.text, again.logprob) == (expected.text, pytest.approx(expected.logprob, abs=1e-3))
+
 
 # ---------------------------------------------------------------- slow: OpenAI backend against a real `vllm serve`
 

@@ -16,7 +16,7 @@ import gc
 import itertools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from s3 import progress
@@ -129,7 +129,7 @@ class VLLMBackend(LLM):
         if not units:
             return []
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         tokenizer = self.engine.get_tokenizer()
         prompts = [self.prompt_ids(u) for u in units]
@@ -141,11 +141,11 @@ class VLLMBackend(LLM):
             for key in scored
             for c in key[1]
         ]
-        outs = self.engine.generate(
-            [TokensPrompt(prompt_token_ids=[*key[0], *c]) for key, _, c in seqs],
-            SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0),
-            use_tqdm=False,
+        params = SamplingParams(
+            output_kind=RequestOutputKind.FINAL_ONLY, max_tokens=1, temperature=0.0, prompt_logprobs=0
         )
+        outs: list[Any] = [None] * len(seqs)
+        self._run([[*key[0], *c] for key, _, c in seqs], [params] * len(seqs), outs.__setitem__)
         for (key, start, c), o in zip(seqs, outs):
             scored[key].append(sum(o.prompt_logprobs[start + j][t].logprob for j, t in enumerate(c)))
         results = []
@@ -162,8 +162,6 @@ class VLLMBackend(LLM):
         unit's place in the call) and counted in the progress line as the engine finishes it, so a long call shows
         progress and an interrupted one keeps what it finished. Prompts are rendered here (``prompt_ids``), so
         chat and plain prompts, started answers included, take one path."""
-        from vllm.inputs.engine import tokens_input
-
         prompts = [self.prompt_ids(u) for u in units]
         out: list[Completion | None] = [None] * len(units)
         skipped = skip_too_long(units, [len(p) for p in prompts], self.max_model_len)  # vLLM would fail
@@ -172,26 +170,38 @@ class VLLMBackend(LLM):
         todo = [i for i in range(len(units)) if i not in skipped]
         if not todo:
             return out  # type: ignore[return-value]
+
+        def finished(k: int, o: Any) -> None:
+            i = todo[k]
+            out[i] = c = _completion(o)
+            progress.answered(1, c.completion_tokens)
+            self._hand_over(at[i], c)
+
+        self._run([prompts[i] for i in todo], [self._params(units[i]) for i in todo], finished)
+        return out  # type: ignore[return-value]
+
+    def _run(self, prompts: Sequence[list[int]], params: Sequence[Any], finished: Callable[[int, Any], None]) -> None:
+        """Put every prompt (token ids) into the engine under our own request ids (its outputs carry them back) and
+        call ``finished(k, output)`` as request ``k`` finishes. What an interrupt leaves in the engine is aborted, so
+        a later call (a label check too) does not find it there."""
+        from vllm.inputs.engine import tokens_input
+
         engine = self.engine.llm_engine
         running: dict[str, int] = {}
         try:
-            for i in todo:
+            for k, (prompt, p) in enumerate(zip(prompts, params)):
                 request_id = f"s3-{next(self._request_ids)}"  # ours: the engine's outputs carry it back
-                running[request_id] = i  # first: an interrupt inside add_request still aborts it
-                engine.add_request(request_id, tokens_input(prompts[i]), self._params(units[i]))
+                running[request_id] = k  # first: an interrupt inside add_request still aborts it
+                engine.add_request(request_id, tokens_input(prompt), p)
             while running and engine.has_unfinished_requests():
                 for o in engine.step():
                     if o.finished and o.request_id in running:
-                        i = running.pop(o.request_id)
-                        out[i] = c = _completion(o)
-                        progress.answered(1, c.completion_tokens)
-                        self._hand_over(at[i], c)
+                        finished(running.pop(o.request_id), o)
             if running:
-                raise RuntimeError(f"the vLLM engine stopped with {len(running)} of {len(todo)} requests unanswered")
+                raise RuntimeError(f"the vLLM engine stopped with {len(running)} of {len(prompts)} requests unanswered")
         finally:
             if running:  # interrupted: the next call must not find these still in the engine
                 engine.abort_request(list(running))
-        return out  # type: ignore[return-value]
 
     def close(self) -> None:
         """Free the engine (KV cache + weights) so training can use the GPU."""
