@@ -120,7 +120,12 @@ class Synthesizer:
         requests.append(ChatRequest.from_messages(self.book.messages("rationale_variation"), sampling))
         answers = self.llm.generate(requests, call_site="rationale")
         lists = [
-            _unique(item for c in completions for item in parse_rationale_items(c.text, exclude=self.task.labels))
+            _unique(
+                item
+                for c in completions
+                if c.finish_reason not in NOT_ANSWERS  # a cut-off list would end on half an item
+                for item in parse_rationale_items(c.text, exclude=self.task.labels)
+            )
             for completions in answers
         ]
         per_label = {}

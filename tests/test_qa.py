@@ -233,6 +233,24 @@ def test_seed_answers_are_spans_of_train_passages(data_dir, mode) -> None:
     assert (set(targets) <= real_answers) == (mode == "train")  # only `train` uses the annotated answers
 
 
+class CutOffSpanLLM(ScriptedQuestionLLM):
+    """Every other answer-span answer is one the engine cut off (vLLM's ``abort``): a real passage word, marked."""
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        answers = super()._generate_units(units)
+        return [c if i % 2 else Completion(c.text, 5, 5, "abort") for i, c in enumerate(answers)]
+
+
+def test_an_answer_span_the_engine_cut_off_is_missed_not_used(data_dir) -> None:
+    cfg = compose_config(["task=adqa", "loop=zerogen", "loop.answer_spans=llm"])
+    task = instantiate(cfg.task)
+    synth = QASynthesizer(
+        CutOffSpanLLM(), task, FilterChain([]), loop_config(cfg.loop), 0, load_split(task, "train", data_dir)
+    )
+    targets, missed = synth.answer_targets(20, round_=0, attempt=0)
+    assert missed >= 10 and len(targets) + missed == 20 and targets
+
+
 def test_qa_loop_writes_questions_for_real_passages_and_keeps_held_out_questions_unseen(tmp_path, data_dir) -> None:
     cfg = compose_config([*QA_TINY, *QA_SYNTHETIC, "loop=s3", "loop.rounds=1", "loop.answer_spans=llm",
                           f"paths.data_dir={data_dir}", f"paths.cache_dir={tmp_path / 'cache'}"])  # fmt: skip

@@ -214,6 +214,22 @@ def test_rationales_pool_parsed_items_and_fall_back_to_label_descriptions() -> N
     assert empty["labels"]["negative"] == ["the sentence expresses a negative opinion of the movie"]
 
 
+class CutOffRationaleLLM(ScriptedLLM):
+    """Every other rationale answer is one the engine cut off (vLLM's ``abort``), on half an item."""
+
+    def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
+        answers = super()._generate_units(units)
+        return [
+            c if i % 2 == 0 else Completion("1. a clever plot\n2. half an ite", 3, 3, "abort")
+            for i, c in enumerate(answers)
+        ]
+
+
+def test_a_rationale_the_engine_cut_off_is_not_used() -> None:
+    rationales = synthesizer(CutOffRationaleLLM("1. Great acting"), rationale_samples=2).rationales()
+    assert rationales["labels"]["positive"] == ["Great acting"] and rationales["variations"] == ["Great acting"]
+
+
 def test_channel_check_needs_scores_auto_falls_back_to_relabelling() -> None:
     rows = [{"text": "a warm and witty film", "label": 1}]
     llm = ScriptedLLM()
