@@ -19,7 +19,7 @@ from typing import Any
 from s3 import progress
 from s3.data import Task
 from s3.filters import EXTRAPOLATED, REFERENCE, FilterChain
-from s3.llm import LLM, NOT_ANSWERS, ChatRequest, Sampling
+from s3.llm import LLM, NOT_ANSWERS, ChatRequest, Completion, Sampling
 from s3.loop_config import SyntheticLoopConfig
 from s3.parsing import normalize, parse_examples, parse_rationale_items
 from s3.prompts import PromptBook, prompt_hash
@@ -119,20 +119,20 @@ class Synthesizer:
         ]
         requests.append(ChatRequest.from_messages(self.book.messages("rationale_variation"), sampling))
         answers = self.llm.generate(requests, call_site="rationale")
-        lists = [
-            _unique(
-                item
-                for c in completions
-                if c.finish_reason not in NOT_ANSWERS  # a cut-off list would end on half an item
-                for item in parse_rationale_items(c.text, exclude=self.task.labels)
-            )
-            for completions in answers
-        ]
+        lists = [_unique(item for c in completions for item in self._whole_items(c)) for completions in answers]
         per_label = {}
         for k, name in enumerate(self.task.labels):
             per_label[name] = lists[k] or [self.book.label_fields(k)["label_description"]]
         variations = lists[-1] or ["short", "long", "detailed", "casual"]
         return {"labels": per_label, "variations": variations}
+
+    def _whole_items(self, answer: Completion) -> list[str]:
+        """A rationale answer's list items, less one cut off: an answer the engine cut off (or skipped) is not used,
+        and one that ran out of tokens loses its last item."""
+        if answer.finish_reason in NOT_ANSWERS:
+            return []
+        items = parse_rationale_items(answer.text, exclude=self.task.labels)
+        return items[:-1] if answer.finish_reason == "length" else items
 
     # ---- seed sets -----------------------------------------------------------------------------------
     def seed_jobs(

@@ -215,19 +215,20 @@ def test_rationales_pool_parsed_items_and_fall_back_to_label_descriptions() -> N
 
 
 class CutOffRationaleLLM(ScriptedLLM):
-    """Every other rationale answer is one the engine cut off (vLLM's ``abort``), on half an item."""
+    """Its second rationale answer (of three per prompt) is one the engine cut off (vLLM's ``abort``), its third one
+    that ran out of tokens: both on half an item."""
 
     def _generate_units(self, units: Sequence[ChatRequest]) -> list[Completion]:
         answers = super()._generate_units(units)
-        return [
-            c if i % 2 == 0 else Completion("1. a clever plot\n2. half an ite", 3, 3, "abort")
-            for i, c in enumerate(answers)
-        ]
+        cut = {1: Completion("1. a clever plot\n2. half an ite", 3, 3, "abort"),
+               2: Completion("1. a warm tone\n2. half an ite", 3, 3, "length")}  # fmt: skip
+        return [cut.get(i % 3, c) for i, c in enumerate(answers)]
 
 
-def test_a_rationale_the_engine_cut_off_is_not_used() -> None:
-    rationales = synthesizer(CutOffRationaleLLM("1. Great acting"), rationale_samples=2).rationales()
-    assert rationales["labels"]["positive"] == ["Great acting"] and rationales["variations"] == ["Great acting"]
+def test_a_rationale_the_engine_cut_off_is_not_used_nor_the_last_item_of_one_out_of_tokens() -> None:
+    rationales = synthesizer(CutOffRationaleLLM("1. Great acting"), rationale_samples=3).rationales()
+    assert rationales["labels"]["positive"] == ["Great acting", "a warm tone"]
+    assert rationales["variations"] == ["Great acting", "a warm tone"]
 
 
 def test_channel_check_needs_scores_auto_falls_back_to_relabelling() -> None:
