@@ -22,7 +22,7 @@ from typing import Any
 
 from s3 import progress
 from s3.filters import EXTRAPOLATED, FilterChain
-from s3.llm import LLM, NOT_ANSWERS, ChatRequest, Sampling
+from s3.llm import LLM, ChatRequest, Sampling
 from s3.loop_config import SyntheticLoopConfig
 from s3.parsing import normalize
 from s3.qa import QATask
@@ -158,7 +158,7 @@ class QASynthesizer(Synthesizer):
         ]
         targets, missed = [], 0
         for context, completions in zip(chosen, self.llm.generate(requests, call_site="answer_span")):
-            if completions[0].finish_reason in NOT_ANSWERS:  # skipped for its length, or cut off by the engine
+            if not completions[0].is_answer:  # skipped for its length, or cut off by the engine
                 missed += 1
                 continue
             lines = [ln.strip().strip("\"'“”*.").strip() for ln in completions[0].text.strip().splitlines()]

@@ -19,7 +19,7 @@ from typing import Any
 from s3 import progress
 from s3.data import Task
 from s3.filters import EXTRAPOLATED, REFERENCE, FilterChain
-from s3.llm import LLM, NOT_ANSWERS, ChatRequest, Completion, Sampling
+from s3.llm import LLM, ChatRequest, Completion, Sampling
 from s3.loop_config import SyntheticLoopConfig
 from s3.parsing import normalize, parse_examples, parse_rationale_items
 from s3.prompts import PromptBook, prompt_hash
@@ -129,7 +129,7 @@ class Synthesizer:
     def _whole_items(self, answer: Completion) -> list[str]:
         """A rationale answer's list items, less one cut off: an answer the engine cut off (or skipped) is not used,
         and one that ran out of tokens loses its last item."""
-        if answer.finish_reason in NOT_ANSWERS:
+        if not answer.is_answer:
             return []
         items = parse_rationale_items(answer.text, exclude=self.task.labels)
         return items[:-1] if answer.finish_reason == "length" else items
@@ -336,9 +336,9 @@ class Synthesizer:
             for completion in completions:
                 out.generated += 1
                 parsed = (
-                    completion.finish_reason
-                    if completion.finish_reason in NOT_ANSWERS
-                    else self.parse(job, self.answer_start + completion.text)
+                    self.parse(job, self.answer_start + completion.text)
+                    if completion.is_answer
+                    else completion.finish_reason
                 )
                 if isinstance(parsed, str):
                     out.drops[parsed] += 1

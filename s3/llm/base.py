@@ -104,6 +104,11 @@ class Completion:
     # log P(text | prompt) for constrained choices, from backends that score (transformers, vLLM); None elsewhere
     logprob: float | None = None
 
+    @property
+    def is_answer(self) -> bool:
+        """False for a skipped prompt or a generation the engine cut off (``NOT_ANSWERS``): its text is not used."""
+        return self.finish_reason not in NOT_ANSWERS
+
 
 def skip_too_long(units: Sequence[ChatRequest], lengths: Sequence[int], context: int | None) -> dict[int, Completion]:
     """The units whose prompt (``lengths``, in tokens) leaves no room for their answer in a ``context``-token

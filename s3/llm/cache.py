@@ -23,7 +23,7 @@ from pathlib import Path
 
 from s3 import progress
 from s3.atomic import atomic_write_text
-from s3.llm.base import LLM, NOT_ANSWERS, ChatRequest, Completion, Usage
+from s3.llm.base import LLM, ChatRequest, Completion, Usage
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class CachedLLM(LLM):
             units = [requests[ri].unit(si) for ri, si in (slots[0] for slots in missing.values())]
 
             def store(i: int, c: Completion) -> None:  # as each answer arrives: an interrupted call keeps them
-                if c.finish_reason not in NOT_ANSWERS:  # a later call (a larger context, a live engine) may answer
+                if c.is_answer:  # a later call (a larger context, a live engine) may answer
                     self.store.put(keys[i], c)
 
             fresh = [c[0] for c in self.backend.generate(units, call_site, count=False, on_answer=store)]
