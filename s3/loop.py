@@ -619,6 +619,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path | None = None, llm: LLM 
             llm_totals = {  # over every round, also those an earlier process of a resumed run did
                 k: round(sum(r.get(f"llm/{k}", 0) for r in recorder.rows), 2) for k in Usage().as_dict()
             }
+            llm_totals["precision"] = llm.precision  # what dtype=auto became on this machine (None: a server's)
         summary = {
             "task": task.name,
             "loop": cfg.loop.name,

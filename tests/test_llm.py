@@ -154,6 +154,18 @@ def test_cache_reuses_per_sample_and_rerun_makes_no_backend_calls(tmp_path: Path
     assert cache_key("m", review("x", seed=1), 0) != cache_key("m", review("x", seed=2), 0)
 
 
+def test_an_answer_cached_at_one_precision_is_not_reused_at_another(tmp_path: Path) -> None:
+    """The same model in bfloat16 and in float32 writes different text: each precision has its own entries."""
+    backends = {p: FakeLLM() for p in ("bfloat16", "float32")}
+    for p, fake in backends.items():
+        fake.precision = p
+    request = review("positive", seed=1)
+    CachedLLM(backends["bfloat16"], tmp_path).generate([request])
+    CachedLLM(backends["float32"], tmp_path).generate([request])
+    CachedLLM(backends["bfloat16"], tmp_path).generate([request])
+    assert len(backends["bfloat16"].seen) == 1 and len(backends["float32"].seen) == 1
+
+
 class DiesAfterOneBatchLLM(FakeLLM):
     """Generates in batches of 2 and is killed (a session's end, an OOM) while its second batch runs."""
 
@@ -398,6 +410,7 @@ def test_embedded_generation_is_label_conditioned(smollm2: LLM) -> None:
     assert pos[0].text.strip() and neg[0].text.strip() and pos[0].text != neg[0].text
     assert pos[0].completion_tokens > 0 and pos[0].prompt_tokens > 0 and pos[0].finish_reason in {"stop", "length"}
     assert smollm2.usage()["seed"].requests == 2
+    assert smollm2.precision == "float32"  # the fixture's dtype: what the cache keys its answers by
 
 
 @pytest.mark.slow
@@ -530,6 +543,7 @@ class TestVLLMInProcess:
     def test_the_engine_runs_bf16_only_where_the_cpu_has_bf16_kernels(self, engine: LLM) -> None:
         native = torch.bfloat16 if bf16_is_native("cpu") else torch.float32
         assert engine.engine.llm_engine.model_config.dtype == native  # type: ignore[attr-defined]
+        assert engine.precision == str(native).removeprefix("torch.")  # what the cache keys its answers by
 
     def test_generates_label_conditioned_text(self, engine: LLM) -> None:
         pos, neg = engine.generate([review("positive", temperature=0), review("negative", temperature=0)])

@@ -232,6 +232,9 @@ class LLM(ABC):
     # whether a request whose last message is the assistant's is continued (an answer started for the model);
     # chat APIs such as OpenAI's answer it as a new turn instead
     continues_answers: bool = False
+    # the weights' precision as they run (transformers, vLLM): answers cached under one are not reused under another.
+    # None: a server's, which the client cannot see
+    precision: str | None = None
 
     _on_answer: Callable[[int, Completion], None] | None = None  # the running call's, while it runs
 

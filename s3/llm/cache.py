@@ -27,16 +27,18 @@ from s3.llm.base import LLM, ChatRequest, Completion, Usage
 
 log = logging.getLogger(__name__)
 
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: the backend's precision is part of the key
 
 
-def cache_key(llm_name: str, request: ChatRequest, index: int) -> str:
-    """sha256 over everything that determines sample `index` of `request` (n excluded)."""
+def cache_key(llm_name: str, request: ChatRequest, index: int, precision: str | None = None) -> str:
+    """sha256 over everything that determines sample `index` of `request` (n excluded), ``precision`` (the
+    weights' dtype as run) included: a bfloat16 answer is not a float32 one."""
     s = request.sampling
     greedy = s.temperature == 0
     payload = {
         "v": KEY_VERSION,
         "llm": llm_name,
+        "precision": precision,
         "messages": request.as_dicts(),
         # v2 of choice entries: they carry the choice's log-likelihood (Completion.logprob)
         "choices": {"v": 2, "options": list(request.choices)} if request.choices is not None else None,
@@ -90,6 +92,7 @@ class CachedLLM(LLM):
         self.backend = backend
         self.name = backend.name
         self.continues_answers = backend.continues_answers
+        self.precision = backend.precision
         self.store = DiskCache(directory)
 
     def generate(self, requests: Sequence[ChatRequest], call_site: str = "default") -> list[list[Completion]]:
@@ -99,7 +102,7 @@ class CachedLLM(LLM):
         for ri, r in enumerate(requests):
             row: list[Completion | None] = []
             for si in range(r.sampling.n):
-                key = cache_key(self.name, r, si)
+                key = cache_key(self.name, r, si, self.backend.precision)
                 hit = None if key in missing else self.store.get(key)
                 row.append(hit)
                 if hit is None:

@@ -85,6 +85,7 @@ class TransformersLLM(LLM):
         self.model = (
             AutoModelForCausalLM.from_pretrained(path, dtype=llm_dtype(dtype, self.device)).to(self.device).eval()
         )
+        self.precision = str(self.model.dtype).removeprefix("torch.")
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         if chat_template and not has_template:
             raise ValueError(f"{model}: chat_template=true but the tokenizer has no chat template")

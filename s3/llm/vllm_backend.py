@@ -80,6 +80,7 @@ class VLLMBackend(LLM):
         self.engine = Engine(**kwargs)
         self._request_ids = itertools.count()
         self.max_model_len = int(kwargs["max_model_len"])  # prompt + answer, in tokens
+        self.precision = str(self.engine.llm_engine.model_config.dtype).removeprefix("torch.")
         has_template = bool(getattr(self.engine.get_tokenizer(), "chat_template", None))
         self.use_chat_template = has_template if chat_template is None else chat_template
 
