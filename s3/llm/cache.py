@@ -102,7 +102,7 @@ class CachedLLM(LLM):
         for ri, r in enumerate(requests):
             row: list[Completion | None] = []
             for si in range(r.sampling.n):
-                key = cache_key(self.name, r, si, self.backend.precision)
+                key = cache_key(self.name, r, si, self.precision)
                 hit = None if key in missing else self.store.get(key)
                 row.append(hit)
                 if hit is None:
