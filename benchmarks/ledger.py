@@ -40,6 +40,7 @@ class Ledger:
                 for name, text in entry["files"].items():
                     (job_dir / name).write_text(text)
                 (job_dir / "ledger_commit").write_text(entry["commit"])
+                (job_dir / "ledger_key").write_text(entry["key"])
 
     def record(self, overrides: list[str], seed: str, sweep_dir: Path) -> None:
         """Add this multirun seed's finished runs that are not yet recorded (appended: nothing recorded is rewritten)."""

@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -47,6 +48,7 @@ def multirun(
         sweep_dir = out / f"seed{seed}"
         if ledger:
             ledger.restore(overrides, seed, sweep_dir)
+        refuse_other_settings(sweep_dir, overrides)
         if len(list(sweep_dir.rglob("summary.json"))) >= jobs_per_seed:
             print(f"reusing {sweep_dir}", flush=True)
         elif run:
@@ -62,6 +64,39 @@ def multirun(
             subprocess.run(cmd, cwd=REPO_ROOT, check=True, stdout=subprocess.DEVNULL)
         if ledger:
             ledger.record(overrides, seed, sweep_dir)
+
+
+def refuse_other_settings(sweep_dir: Path, overrides: list[str]) -> None:
+    """A finished run is reused only if it was made with these overrides (``--out`` holding another budget's or
+    another extra's runs would otherwise fill this benchmark's cells, and its ledger, with them)."""
+    want = parsed_overrides(overrides)
+    for summary in sorted(sweep_dir.rglob("summary.json")):
+        theirs = overrides_of(summary.parent)
+        if theirs is not None and parsed_overrides(theirs) != want:
+            diff = sorted(set(theirs) ^ set(overrides))
+            raise SystemExit(
+                f"error: {summary.parent} holds a run made with other overrides (differing: {' '.join(diff)}); "
+                "give this benchmark another --out, or remove that run"
+            )
+
+
+def overrides_of(job_dir: Path) -> list[str] | None:
+    """The overrides a finished run was made with: Hydra's record of them (less the swept seed), or the ledger key
+    it was restored under; None for a run from neither."""
+    if (hydra_file := job_dir / ".hydra" / "overrides.yaml").is_file():
+        return [o for o in OmegaConf.load(hydra_file) if not str(o).startswith("seed=")]
+    if (ledger_key := job_dir / "ledger_key").is_file():
+        return ledger_key.read_text().split()
+    return None
+
+
+def parsed_overrides(overrides: list[str]) -> set[tuple]:
+    """Overrides as Hydra reads them, so that ``gap.vs_train=false`` (as given) equals ``gap.vs_train=False`` (as
+    Hydra records it)."""
+    return {
+        (o.type, o.package, o.key_or_group, repr(o.value()))
+        for o in OverridesParser.create().parse_overrides(overrides=overrides)
+    }
 
 
 def s3_budget(budget: int, seed_size: int, rounds: int) -> list[str]:

@@ -70,3 +70,36 @@ def test_without_running_only_what_is_recorded_is_restored(tmp_path, monkeypatch
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("ran"))
     multirun(tmp_path / "out", OVERRIDES, ["0"], 1, Ledger(tmp_path / "runs.jsonl"), run=False)
     assert not list((tmp_path / "out").rglob("summary.json"))
+
+
+def made_by_hydra(sweep_dir: Path, job: str, overrides: list[str]) -> None:
+    """A finished run as run.py leaves it: Hydra's record of its overrides (booleans as Hydra spells them)."""
+    finished_run(sweep_dir, job, 0.8)
+    (sweep_dir / job / ".hydra").mkdir()
+    (sweep_dir / job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+
+
+def test_a_run_made_with_other_overrides_is_refused_not_reused(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("ran"))
+    path = tmp_path / "runs.jsonl"
+    out = tmp_path / "out"
+    made_by_hydra(out / "seed0", "0_sst2_gold_seed0", ["task=sst2", "loop=gold", "loop.gold_train_size=200", "seed=0"])
+    with pytest.raises(SystemExit, match="loop.gold_train_size=200 loop.gold_train_size=400"):
+        multirun(out, OVERRIDES, ["0"], 1, Ledger(path))
+    assert not path.exists()  # nothing recorded under the other key
+
+    same = [*OVERRIDES, "gap.vs_train=False", "seed=1"]  # as Hydra records `gap.vs_train=false`
+    made_by_hydra(out / "seed1", "0_sst2_gold_seed1", same)
+    multirun(out, [*OVERRIDES, "gap.vs_train=false"], ["1"], 1, Ledger(path))
+    assert "reusing" in capsys.readouterr().out and len(path.read_text().splitlines()) == 1
+
+
+def test_a_restored_run_keeps_its_key_and_is_refused_under_another(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("ran"))
+    path = tmp_path / "runs.jsonl"
+    finished_run(tmp_path / "old" / "seed0", "0_sst2_gold_seed0", 0.8)
+    Ledger(path).record(OVERRIDES, "0", tmp_path / "old" / "seed0")
+    multirun(tmp_path / "out", OVERRIDES, ["0"], 1, Ledger(path))  # restored into a fresh --out
+    other = [*OVERRIDES[:-1], "loop.gold_train_size=200"]
+    with pytest.raises(SystemExit, match="holds a run made with other overrides"):
+        multirun(tmp_path / "out", other, ["0"], 1, Ledger(path))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from benchmarks.paper_table import COLUMNS, METHODS, PAPER, TASKS, cell_overrides, collect, table
+from benchmarks.paper_table import COLUMNS, METHODS, PAPER, TASKS, cell_overrides, collect, paired_gap, table
 from s3.config import compose_config
 from s3.loop_config import loop_config
 
@@ -30,10 +30,12 @@ def test_every_cell_composes_into_a_valid_run(task) -> None:
             assert (loop.seed_size, loop.rounds, loop.max_new_per_round) == (200, 2, 100)
 
 
-def write_summary(out: Path, task: str, method: str, seed: int, **scores: float) -> None:
+def write_summary(out: Path, task: str, method: str, seed: int, n_train: int = 400, **scores: float) -> None:
     d = out / task / method / f"seed{seed}" / f"0_{task}_{method}_seed{seed}"
     d.mkdir(parents=True)
-    (d / "summary.json").write_text(json.dumps({"task": task, "loop": method, "seed": seed, "n_train": 400, **scores}))
+    (d / "summary.json").write_text(
+        json.dumps({"task": task, "loop": method, "seed": seed, "n_train": n_train, **scores})
+    )
 
 
 def test_the_table_puts_ours_beside_the_papers_and_averages_the_five_columns(tmp_path) -> None:
@@ -42,15 +44,34 @@ def test_the_table_puts_ours_beside_the_papers_and_averages_the_five_columns(tmp
             for task in ("imdb", "qnli", "rte"):
                 write_summary(tmp_path, task, method, seed, test_acc=base + 0.02 * seed)
             write_summary(tmp_path, "adqa", method, seed, test_em=base / 10, test_f1=base / 5)
-    write_summary(tmp_path, "rte", "gold", 0, test_acc=0.6)  # a row with one column only
+    write_summary(tmp_path, "rte", "gold", 0, n_train=539, test_acc=0.6)  # a row with one column only
     found = collect(tmp_path, list(TASKS), ["gold", "zerogen", "s3"], ["0", "1"])
     lines, averages = table(found, list(TASKS), ["gold", "zerogen", "s3"])
     s3_row = next(line for line in lines if line.startswith("| s3 |"))
     assert "81.0 ± 1.4 [2] (89.55)" in s3_row and "(34.40)" in s3_row  # imdb mean of 80 and 82; the paper's F1
     assert averages["s3"] == pytest.approx((81 * 3 + 8 + 16) / 5)  # AdQA EM 8, F1 16 on both seeds
     assert "gold" not in averages and "| gold | – (92.30)" in lines[2]  # incomplete: no average
+    assert "| 60.0 [1] (71.50) |" in lines[2] and lines[2].endswith("| 539 |")  # one run: no spread shown
     paper_s3 = sum(PAPER["s3"][c][0] for c in COLUMNS) / 5
     assert f"({paper_s3:.2f})" in s3_row
+
+
+def test_the_gap_compares_each_column_on_the_seeds_both_rows_have(tmp_path) -> None:
+    for seed in (0, 1, 2):
+        for method, base in (("goldgen", 0.50), ("s3", 0.60)):
+            if method == "goldgen" and seed == 2:
+                continue  # a seed only s3 has run: its own high score must not count as a lead
+            for task in ("imdb", "qnli", "rte"):
+                write_summary(tmp_path, task, method, seed, test_acc=base + 0.1 * seed)
+            write_summary(tmp_path, "adqa", method, seed, n_train=300 + seed, test_em=base / 10, test_f1=base / 5)
+    found = collect(tmp_path, list(TASKS), ["goldgen", "s3"], ["0", "1", "2"])
+    gap, shared = paired_gap(found, "s3", "goldgen")
+    assert shared == [2] * 5
+    assert gap == pytest.approx((10 * 3 + 1 + 2) / 5)  # the two rows' table averages differ by more
+    _, averages = table(found, list(TASKS), ["goldgen", "s3"])
+    assert averages["s3"] - averages["goldgen"] > gap + 1
+    assert next(line for line in table(found, list(TASKS), ["s3"])[0] if "| s3 |" in line).endswith("| 300–400 |")
+    assert paired_gap(found, "s3", "zerogen")[0] != paired_gap(found, "s3", "zerogen")[0]  # no baseline: nan
 
 
 def test_the_quality_benchmarks_adqa_runs_are_the_tables_cells() -> None:
