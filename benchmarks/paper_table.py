@@ -100,9 +100,12 @@ def collect(out: Path, tasks: list[str], methods: list[str], seeds: list[str]) -
     return found
 
 
+def metric(column: str) -> str:
+    return {"adqa_em": "test_em", "adqa_f1": "test_f1"}.get(column, "test_acc")
+
+
 def scores(summaries: list[dict], column: str) -> list[float]:
-    key = {"adqa_em": "test_em", "adqa_f1": "test_f1"}.get(column, "test_acc")
-    return [100 * s[key] for s in summaries if key in s]
+    return [100 * s[metric(column)] for s in summaries if metric(column) in s]
 
 
 def table(found: dict[tuple[str, str], list[dict]], tasks: list[str], methods: list[str]) -> tuple[list[str], dict]:
@@ -142,13 +145,14 @@ def paired_gap(found: dict[tuple[str, str], list[dict]], method: str, baseline: 
     only one row has would move the gap by itself); nan while a column has no such seed. Also the shared seeds per column."""
     diffs, shared = [], []
     for column in COLUMNS:
-        task = column.split("_")[0]
-        ours, theirs = ({s["seed"]: s for s in found.get((task, m), [])} for m in (method, baseline))
-        seeds = sorted(ours.keys() & theirs.keys())
-        a, b = (scores([rows[seed] for seed in seeds], column) for rows in (ours, theirs))
-        shared.append(len(a))
-        if a and len(a) == len(b):
-            diffs.append(statistics.mean(a) - statistics.mean(b))
+        task, key = column.split("_")[0], metric(column)
+        ours, theirs = (
+            {s["seed"]: 100 * s[key] for s in found.get((task, m), []) if key in s} for m in (method, baseline)
+        )
+        seeds = ours.keys() & theirs.keys()
+        shared.append(len(seeds))
+        if seeds:
+            diffs.append(statistics.mean(ours[s] for s in seeds) - statistics.mean(theirs[s] for s in seeds))
     return (statistics.mean(diffs) if len(diffs) == len(COLUMNS) else float("nan")), shared
 
 

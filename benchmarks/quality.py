@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -72,8 +73,8 @@ def refuse_other_settings(sweep_dir: Path, overrides: list[str]) -> None:
     want = parsed_overrides(overrides)
     for summary in sorted(sweep_dir.rglob("summary.json")):
         theirs = overrides_of(summary.parent)
-        if theirs is not None and parsed_overrides(theirs) != want:
-            diff = sorted(set(theirs) ^ set(overrides))
+        if theirs is not None and (made := parsed_overrides(theirs)) != want:
+            diff = sorted({f"{k}={v}" for k, v in made.items()} ^ {f"{k}={v}" for k, v in want.items()})
             raise SystemExit(
                 f"error: {summary.parent} holds a run made with other overrides (differing: {' '.join(diff)}); "
                 "give this benchmark another --out, or remove that run"
@@ -84,19 +85,18 @@ def overrides_of(job_dir: Path) -> list[str] | None:
     """The overrides a finished run was made with: Hydra's record of them (less the swept seed), or the ledger key
     it was restored under; None for a run from neither."""
     if (hydra_file := job_dir / ".hydra" / "overrides.yaml").is_file():
-        return [o for o in OmegaConf.load(hydra_file) if not str(o).startswith("seed=")]
+        return [o for o in yaml.safe_load(hydra_file.read_text()) or [] if not o.startswith("seed=")]
     if (ledger_key := job_dir / "ledger_key").is_file():
         return ledger_key.read_text().split()
     return None
 
 
-def parsed_overrides(overrides: list[str]) -> set[tuple]:
-    """Overrides as Hydra reads them, so that ``gap.vs_train=false`` (as given) equals ``gap.vs_train=False`` (as
-    Hydra records it)."""
-    return {
-        (o.type, o.package, o.key_or_group, repr(o.value()))
-        for o in OverridesParser.create().parse_overrides(overrides=overrides)
-    }
+def parsed_overrides(overrides: list[str]) -> dict[str, str]:
+    """Overrides as a run gets them: values as Hydra reads them (``gap.vs_train=false`` as given equals
+    ``gap.vs_train=False`` as Hydra records it), the last of a repeated key (as the sweeper keeps), Hydra's own
+    settings (``hydra/launcher=…``, not in a run's record) left out."""
+    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
+    return {o.get_key_element(): repr(o.value()) for o in parsed if not o.is_hydra_override()}
 
 
 def s3_budget(budget: int, seed_size: int, rounds: int) -> list[str]:

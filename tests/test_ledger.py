@@ -103,3 +103,13 @@ def test_a_restored_run_keeps_its_key_and_is_refused_under_another(tmp_path, mon
     other = [*OVERRIDES[:-1], "loop.gold_train_size=200"]
     with pytest.raises(SystemExit, match="holds a run made with other overrides"):
         multirun(tmp_path / "out", other, ["0"], 1, Ledger(path))
+
+
+def test_a_repeated_key_and_hydras_own_settings_are_read_as_the_run_got_them(tmp_path, monkeypatch, capsys) -> None:
+    """The sweeper keeps a repeated key's last value and records Hydra's own settings elsewhere: still the same run."""
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("ran"))
+    out = tmp_path / "out"
+    made_by_hydra(out / "seed0", "0_sst2_gold_seed0", ["task=sst2", "loop=gold", "loop.gold_train_size=200", "seed=0"])
+    asked = [*OVERRIDES, "loop.gold_train_size=200", "hydra/launcher=basic"]  # --extra repeating the budget's key
+    multirun(out, asked, ["0"], 1, Ledger(tmp_path / "runs.jsonl"))
+    assert "reusing" in capsys.readouterr().out
