@@ -14,9 +14,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from benchmarks.results import commit
+from benchmarks.results import LEDGER, commit
 
-LEDGER = Path(__file__).resolve().parent / "runs.jsonl"
 RESULT_FILES = ("summary.json", "metrics.jsonl")
 
 

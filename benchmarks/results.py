@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+LEDGER = RESULTS.parent / "runs.jsonl"  # finished runs: benchmarks/ledger.py
 HEADER = (
     "# Benchmark results\n\nWritten by the scripts in `benchmarks/` (each rewrites its own section); "
     "figures are from the machine named in each section.\n"
@@ -18,13 +19,18 @@ HEADER = (
 
 
 def commit() -> str:
-    """The checked-out commit, with ``-dirty`` when tracked files differ from it."""
+    """The checked-out commit, with ``-dirty`` when tracked files differ from it, other than the two the benchmarks
+    write themselves (the ledger and RESULTS.md: a run recorded after another is not "dirty" for that)."""
     repo = RESULTS.parents[1]
     sha = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True
     ).stdout.strip()
+    written = [f":(exclude){p.relative_to(repo)}" for p in (RESULTS, LEDGER)]
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *written],
+        cwd=repo,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     return f"{sha}{'-dirty' if dirty else ''}" or "unknown"
 

@@ -113,3 +113,24 @@ def test_a_repeated_key_and_hydras_own_settings_are_read_as_the_run_got_them(tmp
     asked = [*OVERRIDES, "loop.gold_train_size=200", "hydra/launcher=basic"]  # --extra repeating the budget's key
     multirun(out, asked, ["0"], 1, Ledger(tmp_path / "runs.jsonl"))
     assert "reusing" in capsys.readouterr().out
+
+
+def test_a_run_recorded_after_another_is_not_marked_dirty_by_the_ledger(tmp_path, monkeypatch) -> None:
+    """The ledger and RESULTS.md change as a benchmark goes on; only a change to anything else is ``-dirty``."""
+    import benchmarks.results as results
+
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    for name in ("benchmarks/RESULTS.md", "benchmarks/runs.jsonl", "code.py"):
+        (repo / name).write_text("")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "c"], check=True)
+    monkeypatch.setattr(results, "RESULTS", repo / "benchmarks" / "RESULTS.md")
+    monkeypatch.setattr(results, "LEDGER", repo / "benchmarks" / "runs.jsonl")
+    (repo / "benchmarks" / "runs.jsonl").write_text('{"seed": "0"}\n')
+    (repo / "benchmarks" / "RESULTS.md").write_text("# results\n")
+    assert not results.commit().endswith("-dirty") and len(results.commit()) >= 7
+    (repo / "code.py").write_text("x = 1\n")
+    assert results.commit().endswith("-dirty")
