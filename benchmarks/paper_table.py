@@ -9,10 +9,11 @@ Synthetic methods get ``--budget`` rows (S3: ``--seed-size`` in round 0, the res
 ``--gold-rows 400,adqa:all``). Extractive QA cells
 train every method for at least as many optimizer steps as gold on the whole AdQA train split takes
 (``--qa-min-steps``), so a small synthetic set is not also a shorter training. The paper's numbers are MiniLM's
-(its Table 9) where it gives them, else DistilBERT's (Table 2), marked. Last line:
-``s3_minus_goldgen_avg=<float>`` then ``s3_minus_zerogen_avg=<float>``: S3's lead over each baseline on the mean of
-the paper's 5 columns, in points, each column over the seeds both rows have (nan until they share one in all 5). A cell too slow for the default backend can take
-its own overrides (``--cell-extra "imdb/goldgen=llm=smollm2_vllm llm.max_model_len=4096"``); the report lists them.
+(its Table 9) where it gives them, else DistilBERT's (marked: GoldGen from Table 2, S3 without error extrapolation
+from Table 3). Last lines: ``s3_minus_goldgen_avg=<float>`` then ``s3_minus_zerogen_avg=<float>``: S3's lead over each
+baseline on the mean of the paper's 5 columns, in points, each column over the seeds both rows have (nan until they
+share one in all 5). A cell too slow for the default backend can take its own overrides
+(``--cell-extra "imdb/goldgen=llm=smollm2_vllm llm.max_model_len=4096"``); the report lists them.
 
     .venv/bin/python benchmarks/paper_table.py [--tasks imdb,qnli,rte,adqa,sst2] [--methods ...] [--seeds 0,1,2]
         [--budget 400] [--cell-extra TASK/METHOD=OVERRIDES ...] [--out DIR] [--no-run] [--write]
@@ -142,7 +143,8 @@ def table(found: dict[tuple[str, str], list[dict]], tasks: list[str], methods: l
 def paired_gap(found: dict[tuple[str, str], list[dict]], method: str, baseline: str) -> tuple[float, list[int]]:
     """``method``'s lead over ``baseline`` on the mean of the 5 columns, each column's difference taken over the
     seeds both have run (a seed picks the gold rows and the small model's start for every method alike, so a seed
-    only one row has would move the gap by itself); nan while a column has no such seed. Also the shared seeds per column."""
+    only one row has would move the gap by itself); nan while a column has no such seed. Also the shared seeds per
+    column."""
     diffs, shared = [], []
     for column in COLUMNS:
         task, key = column.split("_")[0], metric(column)
