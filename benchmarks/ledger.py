@@ -2,17 +2,22 @@
 
 A full quality or Table 2 benchmark is many hours of CPU, more than one session's machine lives; its ``--out`` dir
 goes with the machine. The ledger (``benchmarks/runs.jsonl``, committed) keeps one line per finished run: the
-run's overrides (in any order) and seed, its job dir, the commit it ran at, and its small result files
-(``summary.json``, ``metrics.jsonl``). Benchmarks share it: a run two of them ask for is made once. ``multirun`` restores recorded runs into ``--out`` instead of running them again, and records
-each run it finishes, so the reports read ``--out`` as before. Runs recorded at other commits are listed in the
-report; to measure a change, start a new ledger (``--ledger PATH``) or none (``--ledger none``).
+run's overrides and seed, its job dir, the commit it ran at, and its small result files (``summary.json``,
+``metrics.jsonl``). A run is found by its overrides as Hydra reads them (in any order, ``false`` as ``False``).
+Benchmarks share it: a run two of them ask for is made once. ``multirun`` restores recorded runs into ``--out``
+instead of running them again, and records each run it finishes, so the reports read ``--out`` as before. Runs
+recorded at other commits are listed in the report; to measure a change, start a new ledger (``--ledger PATH``) or
+none (``--ledger none``).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from functools import cache
 from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from benchmarks.results import LEDGER, commit
 
@@ -28,7 +33,8 @@ class Ledger:
         self.used: Counter[str] = Counter()  # commit -> runs restored or recorded by this benchmark
 
     def _runs(self, overrides: list[str], seed: str) -> list[dict]:
-        return [e for e in self.entries if e["key"] == key(overrides) and e["seed"] == str(seed)]
+        want = parsed_overrides(overrides)
+        return [e for e in self.entries if e["seed"] == str(seed) and parsed_overrides(e["key"].split()) == want]
 
     def restore(self, overrides: list[str], seed: str, sweep_dir: Path) -> None:
         """Write the recorded runs of this multirun seed into ``sweep_dir``, where a finished one is not already."""
@@ -75,6 +81,19 @@ class Ledger:
 
 def key(overrides: list[str]) -> str:
     return " ".join(sorted(overrides))
+
+
+def parsed_overrides(overrides: list[str]) -> dict[str, str]:
+    """Overrides as a run gets them: values as Hydra reads them (``gap.vs_train=false`` as given equals
+    ``gap.vs_train=False`` as Hydra records it), the last of a repeated key (as the sweeper keeps), Hydra's own
+    settings (``hydra/launcher=…``, not in a run's record) left out."""
+    return dict(_parsed(tuple(overrides)))
+
+
+@cache  # the ledger compares each of its entries with every multirun asked for
+def _parsed(overrides: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    parsed = OverridesParser.create().parse_overrides(overrides=list(overrides))
+    return tuple((o.get_key_element(), repr(o.value())) for o in parsed if not o.is_hydra_override())
 
 
 def open_ledger(value: str | None) -> Ledger | None:

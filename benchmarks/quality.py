@@ -25,12 +25,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.ledger import LEDGER_HELP, Ledger, open_ledger  # noqa: E402
+from benchmarks.ledger import LEDGER_HELP, Ledger, open_ledger, parsed_overrides  # noqa: E402
 from benchmarks.results import command_line, write_section  # noqa: E402
 from s3.classifier import SmallModelConfig, scores, small_model_config, train_classifier
 from s3.config import REPO_ROOT, compose_config, default_data_dir
@@ -89,14 +88,6 @@ def overrides_of(job_dir: Path) -> list[str] | None:
     if (ledger_key := job_dir / "ledger_key").is_file():
         return ledger_key.read_text().split()
     return None
-
-
-def parsed_overrides(overrides: list[str]) -> dict[str, str]:
-    """Overrides as a run gets them: values as Hydra reads them (``gap.vs_train=false`` as given equals
-    ``gap.vs_train=False`` as Hydra records it), the last of a repeated key (as the sweeper keeps), Hydra's own
-    settings (``hydra/launcher=…``, not in a run's record) left out."""
-    parsed = OverridesParser.create().parse_overrides(overrides=overrides)
-    return {o.get_key_element(): repr(o.value()) for o in parsed if not o.is_hydra_override()}
 
 
 def s3_budget(budget: int, seed_size: int, rounds: int) -> list[str]:

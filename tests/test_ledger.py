@@ -66,6 +66,20 @@ def test_an_unrecorded_seed_runs_and_a_finished_run_is_never_overwritten(tmp_pat
     assert sum(ledger.used.values()) == 2 and ledger.provenance() == "runs made at commit `abc1234` (2)"
 
 
+def test_a_run_is_found_in_the_ledger_by_the_overrides_as_hydra_reads_them(tmp_path, monkeypatch) -> None:
+    """``False`` and ``false``, or a repeated key, are one run to Hydra, so one run to the ledger."""
+    path = tmp_path / "runs.jsonl"
+    finished_run(tmp_path / "old" / "seed0", "0_sst2_gold_seed0", 0.8)
+    Ledger(path).record([*OVERRIDES, "gap.vs_train=false"], "0", tmp_path / "old" / "seed0")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a}"))
+    asked = ["loop.gold_train_size=200", *OVERRIDES, "gap.vs_train=False"]  # the last gold_train_size counts
+    multirun(tmp_path / "out", asked, ["0"], 1, Ledger(path))
+    assert (
+        json.loads((tmp_path / "out" / "seed0" / "0_sst2_gold_seed0" / "summary.json").read_text())["test_acc"] == 0.8
+    )
+    assert len(path.read_text().splitlines()) == 1
+
+
 def test_without_running_only_what_is_recorded_is_restored(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("ran"))
     multirun(tmp_path / "out", OVERRIDES, ["0"], 1, Ledger(tmp_path / "runs.jsonl"), run=False)
