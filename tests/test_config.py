@@ -131,6 +131,7 @@ def test_every_run_a_wandb_sweep_proposes_composes(sweep):
     """W&B's own sweep engine (the open-source `sweeps` package the server runs) validates the sweep and proposes
     its runs; each proposal, formatted as `wandb agent` hands it to run.py, composes into a valid config."""
     import json
+    import math
     import random
 
     import sweeps
@@ -141,8 +142,9 @@ def test_every_run_a_wandb_sweep_proposes_composes(sweep):
 
     config = yaml.safe_load(sweep.read_text())
     assert not sweeps.schema_violations_from_proposed_config(config)
+    grid = math.prod(len(spec.get("values", [None])) for spec in config["parameters"].values())
     rng, runs, seen = random.Random(0), [], set()
-    for _ in range(60 if config["method"] == "grid" else 20):
+    for _ in range(grid + 1 if config["method"] == "grid" else 20):
         proposal = sweeps.next_run(config, runs, validate=True)
         if proposal is None:  # a grid is exhausted
             break
@@ -159,9 +161,6 @@ def test_every_run_a_wandb_sweep_proposes_composes(sweep):
         runs.append(SweepRun(config=proposal.config, state=RunState.finished, summary_metrics={"select_acc": score},
                              history=[{"select_acc": score}]))  # fmt: skip
     if config["method"] == "grid":
-        grid = 1
-        for spec in config["parameters"].values():
-            grid *= len(spec.get("values", [None]))
         assert len(seen) == len(runs) == grid
     else:  # a search proposes on and on, seldom twice the same
         assert len(runs) == 20 and len(seen) > 15
