@@ -4,6 +4,7 @@ without error extrapolation, with the embedded LLM, seeds 0–2; ours beside the
 Every cell is a Hydra multirun of run.py (one per task, method and seed, in ``--out``): a finished one is reused
 and an interrupted one resumes, so re-running the command continues where it stopped (a full table is several
 sessions of CPU time: run it in pieces with ``--tasks`` / ``--methods``). ``--no-run`` only reports what is there.
+The same grid at the config's defaults, spread over W&B agents (e.g. on GPUs): ``wandb sweep sweeps/grid.yaml``.
 Synthetic methods get ``--budget`` rows (S3: ``--seed-size`` in round 0, the rest over ``--rounds`` rounds);
 ``gold`` gets as many real rows (``--gold-rows all``: the whole train split, as the paper; per task:
 ``--gold-rows 400,adqa:all``). Extractive QA cells
