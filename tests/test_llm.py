@@ -61,11 +61,13 @@ def check_a_started_answer_is_continued(llm: LLM) -> None:
         Sampling(temperature=0, max_tokens=24, stop=('"\n',)),
     )
     both = llm.generate([started, fresh])
-    assert both[1][0].text == llm.generate([fresh])[0][0].text  # a mixed batch keeps its order
+    alone = llm.generate([fresh])[0][0]
+    # A mixed batch keeps its order, told by prompt length (the started answer is part of the prompt); not by text,
+    # which in bf16 may part from the answer asked alone at a late token, as a batch changes the numerics.
+    assert both[0][0].prompt_tokens > both[1][0].prompt_tokens == alone.prompt_tokens
     go_on = both[0][0].text
     assert go_on.strip() and not go_on.lstrip().lower().startswith(('"', "here", "sure", "this movie")), go_on
-    assert '"\n' not in go_on
-    assert both[0][0].prompt_tokens > both[1][0].prompt_tokens  # the started answer is part of the prompt
+    assert '"\n' not in go_on and both[1][0].text.strip()
 
 
 SENTIMENT = ChatRequest.from_messages(
@@ -640,7 +642,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # float32 on a CPU without bf16 kernels, as VLLMBackend's auto: emulated bf16 is many times slower.
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", "smollm2",
            "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024", "--no-enable-chunked-prefill",
-           "--max-num-batched-tokens", "8192", "--uvicorn-log-level", "warning",
+           "--max-num-batched-tokens", "8192", "--no-enable-prefix-caching", "--uvicorn-log-level", "warning",
            "--dtype", "auto" if bf16_is_native("cpu") else "float32"]  # fmt: skip
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -693,8 +695,11 @@ class TestOpenAIServer:
         assert out[2][0].text != out[2][1].text
         assert out[3][0].text in SENTIMENT.choices
         assert llm.usage()["seed"].backend_calls == 4 and llm.usage()["seed"].completion_tokens > 0
-        fresh = build_llm(OmegaConf.merge(client_cfg, {"cache": False}), tmp_path)  # type: ignore[arg-type]
-        assert [c.text for c in fresh.generate([reqs[2]])[0]] == [c.text for c in out[2]]  # same seed, same text
+        # Same seed, same text, where the server computes the request alone each time: its numerics change with
+        # which requests share a batch, so a rerun beside other requests may part from the first run at a late token.
+        alone = build_llm(OmegaConf.merge(client_cfg, {"cache": False, "max_concurrency": 1}), tmp_path)  # type: ignore[arg-type]
+        first, again = ([c.text for c in alone.generate([reqs[2]])[0]] for _ in range(2))
+        assert first == again and first[0] != first[1]
         before = llm.usage()
         assert llm.generate(reqs, call_site="seed") == out
         assert usage_diff(llm.usage(), before)["seed"].backend_calls == 0

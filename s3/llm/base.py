@@ -2,10 +2,12 @@
 
 Every backend generates *one sample per unit*: a request with `n` samples is
 expanded into `n` single-sample units, each with its own derived seed
-(`sample_seed`). That single rule makes samples independent of batch
-composition, lets the cache store and reuse samples one index at a time (ask
-n=4 after n=2 and only 2 are generated), and gives vLLM one SamplingParams per
-sample (a shared seeded object would correlate them).
+(`sample_seed`). That single rule makes each sample's seed independent of
+batch composition, lets the cache store and reuse samples one index at a time
+(ask n=4 after n=2 and only 2 are generated), and gives vLLM one SamplingParams
+per sample (a shared seeded object would correlate them). A sample's numerics
+still depend on its batch (a batched backend computes a request differently
+beside other requests), so the cache, not the seed, reproduces an answer.
 """
 
 from __future__ import annotations
