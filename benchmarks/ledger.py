@@ -2,7 +2,7 @@
 
 A full quality or Table 2 benchmark is many hours of CPU, more than one session's machine lives; its ``--out`` dir
 goes with the machine. The ledger (``benchmarks/runs.jsonl``, committed) keeps one line per finished run: the
-run's overrides and seed, its job dir, the commit it ran at, and its small result files (``summary.json``,
+run's overrides and seed, its job dir, the commit and machine it ran at, and its small result files (``summary.json``,
 ``metrics.jsonl``). A run is found by its overrides as Hydra reads them (in any order, ``false`` as ``False``).
 Benchmarks share it: a run two of them ask for is made once. ``multirun`` restores recorded runs into ``--out``
 instead of running them again, and records each run it finishes, so the reports read ``--out`` as before. Runs
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from benchmarks.results import LEDGER, commit
+from benchmarks.results import LEDGER, commit, machine
 
 RESULT_FILES = ("summary.json", "metrics.jsonl")
 
@@ -31,6 +31,7 @@ class Ledger:
             [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
         )
         self.used: Counter[str] = Counter()  # commit -> runs restored or recorded by this benchmark
+        self.machines: Counter[str] = Counter()  # the machines those runs were made on
 
     def _runs(self, overrides: list[str], seed: str) -> list[dict]:
         want = parsed_overrides(overrides)
@@ -45,6 +46,8 @@ class Ledger:
                 for name, text in entry["files"].items():
                     (job_dir / name).write_text(text)
                 (job_dir / "ledger_commit").write_text(entry["commit"])
+                if "machine" in entry:  # lines recorded before machines were
+                    (job_dir / "ledger_machine").write_text(entry["machine"])
                 (job_dir / "ledger_key").write_text(entry["key"])
 
     def record(self, overrides: list[str], seed: str, sweep_dir: Path) -> None:
@@ -54,29 +57,40 @@ class Ledger:
         for summary in sorted(sweep_dir.rglob("summary.json")):
             job = str(summary.parent.relative_to(sweep_dir))
             if job in known:
-                self.used[known[job]["commit"]] += 1
+                self._count(known[job])
                 continue
             files = {n: (summary.parent / n).read_text() for n in RESULT_FILES if (summary.parent / n).exists()}
-            ran_at = summary.parent / "ledger_commit"
+            ran_at, ran_on = summary.parent / "ledger_commit", summary.parent / "ledger_machine"
+            restored = ran_at.exists()  # from another ledger: made at its commit, on its machine (where recorded)
             new.append(
                 {
                     "key": key(overrides),
                     "seed": str(seed),
                     "job": job,
-                    "commit": ran_at.read_text() if ran_at.exists() else commit(),
+                    "commit": ran_at.read_text() if restored else commit(),
+                    "machine": (ran_on.read_text() if ran_on.exists() else None) if restored else machine(),
                     "files": files,
                 }
             )
-            self.used[new[-1]["commit"]] += 1
+            self._count(new[-1])
         if new:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a") as f:
                 f.writelines(json.dumps(e) + "\n" for e in new)
             self.entries += new
 
+    def _count(self, entry: dict) -> None:
+        self.used[entry["commit"]] += 1
+        self.machines[entry.get("machine") or "not recorded"] += 1
+
     def provenance(self) -> str:
-        """One line for the report: which commits the runs it reads were made at."""
-        return "runs made at commit " + ", ".join(f"`{c}` ({n})" for c, n in self.used.most_common())
+        """One line for the report: which commits and machines the runs it reads were made at."""
+        return (
+            "runs made at commit "
+            + ", ".join(f"`{c}` ({n})" for c, n in self.used.most_common())
+            + "; on "
+            + ", ".join(f"{m} ({n})" for m, n in self.machines.most_common())
+        )
 
 
 def key(overrides: list[str]) -> str:

@@ -276,7 +276,7 @@ def main() -> None:
     say(
         f"{args.task}, budget {args.budget}, seeds {args.seeds}, test rows <= {args.max_test}, "
         f"{time.perf_counter() - start:.0f} s (finished multiruns are reused)"
-        + (f"; {ledger.provenance()}" if ledger else "")
+        + (f"; {ledger.provenance()}" if ledger and ledger.used else "")
         + "\n"
     )
     em_head, em_rule = (" test EM |", "---|") if qa else ("", "")

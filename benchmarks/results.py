@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import os
+import platform
 import re
 import shlex
 import subprocess
@@ -40,11 +43,28 @@ def command_line() -> str:
     return "python " + shlex.join(sys.argv)
 
 
-def write_section(name: str, title: str, command: str, body: str, machine: str = "2 CPU cores, no GPU") -> None:
+@functools.cache
+def machine() -> str:
+    """What a figure was measured on: the cores, the CPU and whether it has bf16 kernels (which sets the ``auto``
+    precision, and with it speed and numerics), and the GPUs."""
+    import torch
+
+    from s3.hardware import bf16_is_native
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo.read_text(), re.M) if cpuinfo.exists() else []
+    cpu = names[0].strip() if names else platform.processor() or "unknown CPU"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpus = torch.cuda.device_count()
+    gpu = f"{gpus} × {torch.cuda.get_device_name(0)}" if gpus else "no GPU"
+    return f"{cores} CPU cores ({cpu}, {'' if bf16_is_native('cpu') else 'no '}bf16 kernels), {gpu}"
+
+
+def write_section(name: str, title: str, command: str, body: str) -> None:
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     section = (
         f"{start}\n## {title}\n\n`{command}`\n\ncommit `{commit()}`, {dt.date.today().isoformat()}, "
-        f"{machine}\n\n{body.strip()}\n{end}"
+        f"{machine()}\n\n{body.strip()}\n{end}"
     )
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)

@@ -18,6 +18,7 @@ OVERRIDES = ["task=sst2", "loop=gold", "loop.gold_train_size=400"]
 @pytest.fixture(autouse=True)
 def at_commit(monkeypatch) -> None:
     monkeypatch.setattr(benchmarks.ledger, "commit", lambda: "abc1234")
+    monkeypatch.setattr(benchmarks.ledger, "machine", lambda: "machine A")
 
 
 def finished_run(sweep_dir: Path, job: str, acc: float) -> None:
@@ -63,7 +64,39 @@ def test_an_unrecorded_seed_runs_and_a_finished_run_is_never_overwritten(tmp_pat
     assert len(launched) == 1 and "seed=1" in launched[0]
     assert json.loads((out / "seed0" / "0_sst2_gold_seed0" / "summary.json").read_text())["test_acc"] == 0.7
     assert [e["seed"] for e in map(json.loads, path.read_text().splitlines())] == ["0", "1"]
-    assert sum(ledger.used.values()) == 2 and ledger.provenance() == "runs made at commit `abc1234` (2)"
+    assert ledger.provenance() == "runs made at commit `abc1234` (2); on machine A (2)"
+
+
+def test_a_report_names_the_machine_each_run_was_made_on(tmp_path, monkeypatch) -> None:
+    """A ledger's runs come from many machines (a CPU with or without bf16 kernels differs in speed and numerics)."""
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("ran"))
+    path = tmp_path / "runs.jsonl"
+    finished_run(tmp_path / "a" / "seed0", "0_sst2_gold_seed0", 0.8)
+    Ledger(path).record(OVERRIDES, "0", tmp_path / "a" / "seed0")
+    old_line = json.loads(path.read_text())
+    del old_line["machine"]  # as lines recorded before machines were
+    with path.open("a") as f:
+        f.write(json.dumps({**old_line, "seed": "1", "job": "0_sst2_gold_seed1"}) + "\n")
+    monkeypatch.setattr(benchmarks.ledger, "machine", lambda: "machine B")
+    ledger = Ledger(path)
+    multirun(tmp_path / "b", OVERRIDES, ["0", "1"], 1, ledger)  # restored on machine B
+    assert ledger.provenance() == "runs made at commit `abc1234` (2); on machine A (1), not recorded (1)"
+
+    other = Ledger(tmp_path / "other.jsonl")  # a restored run recorded into another ledger keeps where it was made
+    other.record(OVERRIDES, "0", tmp_path / "b" / "seed0")
+    other.record(OVERRIDES, "1", tmp_path / "b" / "seed1")
+    assert [e.get("machine") for e in other.entries] == ["machine A", None]
+
+
+def test_the_machine_names_its_cores_and_whether_its_cpu_has_bf16_kernels() -> None:
+    import os
+
+    import benchmarks.results as results
+    from s3.hardware import bf16_is_native
+
+    described = results.machine()
+    assert described.startswith(f"{len(os.sched_getaffinity(0))} CPU cores (")
+    assert ("no bf16 kernels" in described) != bf16_is_native("cpu") and "bf16 kernels" in described
 
 
 def test_a_run_is_found_in_the_ledger_by_the_overrides_as_hydra_reads_them(tmp_path, monkeypatch) -> None:
