@@ -382,7 +382,8 @@ def smollm2() -> Iterator[LLM]:
     from s3.llm.transformers_backend import TransformersLLM
 
     # float32: on CPU bf16 only pays off at large batches (batch-1 bf16 decode is ~10x slower than fp32),
-    # and fp32 is batch-invariant for greedy decoding. bf16 is covered by the gemma3 config test.
+    # and fp32's batch differences are ulp-sized, too small to flip a greedy token in practice (bf16's are not).
+    # bf16 is covered by the gemma3 config test.
     llm = TransformersLLM(model="embedded:smollm2", cache_dir=str(SHARED), dtype="float32", batch_size=16)
     yield llm
     llm.close()
