@@ -46,7 +46,7 @@ class Ledger:
                 for name, text in entry["files"].items():
                     (job_dir / name).write_text(text)
                 (job_dir / "ledger_commit").write_text(entry["commit"])
-                if "machine" in entry:  # lines recorded before machines were
+                if entry.get("machine"):  # unknown on lines recorded before machines were
                     (job_dir / "ledger_machine").write_text(entry["machine"])
                 (job_dir / "ledger_key").write_text(entry["key"])
 

@@ -86,6 +86,8 @@ def test_a_report_names_the_machine_each_run_was_made_on(tmp_path, monkeypatch) 
     other.record(OVERRIDES, "0", tmp_path / "b" / "seed0")
     other.record(OVERRIDES, "1", tmp_path / "b" / "seed1")
     assert [e.get("machine") for e in other.entries] == ["machine A", None]
+    multirun(tmp_path / "c", OVERRIDES, ["1"], 1, Ledger(tmp_path / "other.jsonl"))  # a line whose machine is None
+    assert Ledger(tmp_path / "other.jsonl").entries[1]["machine"] is None
 
 
 def test_the_machine_names_its_cores_and_whether_its_cpu_has_bf16_kernels() -> None:
